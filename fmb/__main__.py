@@ -1,0 +1,3 @@
+from fmb.cli import app
+
+app()

@@ -1,0 +1,170 @@
+"""Turn a `data.source` string into `datasets` splits: hub id, local folder or files,
+a save_to_disk directory, or the built-in `digits`.
+
+Everything goes through `datasets` (load_dataset / load_from_disk), so a local folder,
+parquet files and a hub dataset all arrive as the same thing: a dict of split name →
+`datasets.Dataset` (or `datasets.IterableDataset` when streaming).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from fmb.errors import FmbError
+
+BUILTIN_SOURCES = ("digits", "synthetic")
+FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+DIGITS_VERSION = "digits-v1"
+MAX_STREAM_SHARDS = 64  # shards made from an on-disk set when it is streamed (caps loader workers)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FMB_CACHE") or Path.home() / ".cache" / "fmb")
+
+
+def digits_dataset(cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+    """scikit-learn's 1,797 8×8 handwritten digits as a `datasets.Dataset` with an Image
+    and a ClassLabel column, saved once under the cache dir so later runs just load it."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = root / DIGITS_VERSION
+    if not (target / "dataset_info.json").exists():
+        from sklearn.datasets import load_digits
+        from PIL import Image as PILImage
+
+        bunch = load_digits()
+        pixels = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        features = datasets.Features({"image": datasets.Image(),
+                                      "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+        ds = datasets.Dataset.from_dict(
+            {"image": [PILImage.fromarray(p, "L") for p in pixels], "label": bunch.target.tolist()},
+            features=features)
+        root.mkdir(parents=True, exist_ok=True)
+        # build next to the target and rename, so a crash never leaves a half-written cache
+        tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root))
+        try:
+            ds.save_to_disk(str(tmp / "ds"))
+            try:
+                os.replace(tmp / "ds", target)
+            except OSError:
+                if not (target / "dataset_info.json").exists():  # another process did not win the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(target))
+
+
+def _is_save_to_disk_dir(path: Path) -> bool:
+    return (path / "dataset_dict.json").exists() or (
+        (path / "state.json").exists() and (path / "dataset_info.json").exists())
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are 'name' or 'owner/name'; anything else shaped like a path is one."""
+    return (source.startswith(("/", ".", "~")) or source.count("/") >= 2 or "\\" in source
+            or any(ch in source for ch in "*?[") or Path(source).suffix.lower() in FILE_BUILDERS)
+
+
+def _as_splits(loaded) -> dict:
+    if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return dict(loaded)
+    return {"train": loaded}
+
+
+def _stream(splits: dict) -> dict:
+    return {name: ds.to_iterable_dataset(num_shards=max(1, min(len(ds), MAX_STREAM_SHARDS)))
+            for name, ds in splits.items()}
+
+
+def _load_files(files: list[str], source: str, cache_dir, streaming: bool) -> dict:
+    suffixes = {Path(f).suffix.lower() for f in files}
+    builders = {FILE_BUILDERS.get(s) for s in suffixes}
+    if None in builders or len(builders) != 1:
+        raise FmbError(f"data.source '{source}' matches files of type {', '.join(sorted(suffixes))}; expected "
+                       f"one kind of {', '.join(FILE_BUILDERS)} files, an image folder or a save_to_disk directory")
+    try:
+        return _as_splits(datasets.load_dataset(builders.pop(), data_files={"train": files},
+                                                cache_dir=cache_dir, streaming=streaming))
+    except FmbError:
+        raise
+    except Exception as exc:
+        raise FmbError(f"could not read data.source '{source}': {_first_line(exc)}; expected readable "
+                       f"{', '.join(FILE_BUILDERS)} files") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def load_local(source: str, cache_dir=None, streaming: bool = False) -> dict:
+    """A local image folder (class per sub-folder), data files, a glob, or a save_to_disk dir."""
+    expanded = os.path.expanduser(source)
+    if any(ch in expanded for ch in "*?["):
+        files = sorted(glob.glob(expanded, recursive=True))
+        if not files:
+            raise FmbError(f"data.source '{source}' matches no files; expected a glob that matches "
+                           f"{', '.join(FILE_BUILDERS)} files")
+        return _load_files(files, source, cache_dir, streaming)
+    path = Path(expanded)
+    if not path.exists():
+        parent = path.parent if path.parent.exists() else None
+        hint = ""
+        if parent is not None:
+            from fmb.errors import nearest
+            hint = nearest(path.name, [p.name for p in parent.iterdir()])
+        raise FmbError(f"data.source '{source}' does not exist; expected an image folder, data files, a "
+                       f"save_to_disk directory, a hub id, or one of {', '.join(BUILTIN_SOURCES)}{hint}")
+    if path.is_file():
+        return _load_files([str(path)], source, cache_dir, streaming)
+    if _is_save_to_disk_dir(path):
+        splits = _as_splits(datasets.load_from_disk(str(path)))
+        return _stream(splits) if streaming else splits
+    try:
+        return _as_splits(datasets.load_dataset(str(path), cache_dir=cache_dir, streaming=streaming))
+    except FmbError:
+        raise
+    except Exception as exc:
+        raise FmbError(f"could not load the folder data.source '{source}' ({_first_line(exc)}); expected a "
+                       f"folder of images in one sub-folder per class, {', '.join(FILE_BUILDERS)} files, "
+                       f"or a save_to_disk directory") from exc
+
+
+def load_hub(source: str, name: str | None = None, cache_dir=None, streaming: bool = False) -> dict:
+    """A Hugging Face hub dataset (from the local `datasets` cache when offline)."""
+    try:
+        return _as_splits(datasets.load_dataset(source, name, cache_dir=cache_dir, streaming=streaming))
+    except FmbError:
+        raise
+    except Exception as exc:
+        message = str(exc)
+        if "Config name is missing" in message or "BuilderConfig" in message:
+            raise FmbError(f"hub dataset '{source}' needs a config: {_first_line(exc)}; set data.name") from exc
+        offline = (os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+                   or "offline" in message.lower() or "connect" in message.lower())
+        why = "the hub is offline and it is not in the local cache" if offline else "it was not found"
+        raise FmbError(
+            f"could not load hub dataset '{source}'" + (f" (config '{name}')" if name else "")
+            + f": {why} ({_first_line(exc)}); check the id, or download it where there is network "
+            f"and point at a local copy: data.source=/path/to/folder (image folder or parquet files) "
+            f"or a directory written by Dataset.save_to_disk") from exc
+
+
+def load_source(source: str, name: str | None = None, cache_dir=None, streaming: bool = False) -> dict:
+    """Split name → Dataset / IterableDataset for any supported `data.source` except
+    'synthetic' (which is not a `datasets` set; the datamodule builds it)."""
+    if not isinstance(source, str) or not source.strip():
+        raise FmbError(f"data.source={source!r} is empty; expected a hub id, a local path, "
+                       f"or one of {', '.join(BUILTIN_SOURCES)}")
+    source = source.strip()
+    if source == "digits":
+        splits = {"train": digits_dataset(cache_dir)}
+        return _stream(splits) if streaming else splits
+    if os.path.exists(os.path.expanduser(source)) or _looks_like_path(source):
+        return load_local(source, cache_dir=cache_dir, streaming=streaming)
+    return load_hub(source, name, cache_dir=cache_dir, streaming=streaming)

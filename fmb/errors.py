@@ -1,0 +1,31 @@
+"""One exception type for user mistakes, so the CLI can print one line and exit cleanly."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FmbError(Exception):
+    """A mistake in the user's input, config or data.
+
+    The message says what was wrong, what was expected and, where there is one, the
+    nearest valid choice. ``exit_code`` is 2 for usage/config/input errors and 1 for a
+    run that failed after it started.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def nearest(value: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean X?)' suffix naming the closest valid choice, or ''."""
+    match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def choice_error(what: str, value, choices: Iterable[str]) -> FmbError:
+    """'unknown <what> 'value'; expected one of a, b, c (did you mean b?)'."""
+    choices = list(choices)
+    shown = ", ".join(choices) if len(choices) <= 20 else ", ".join(choices[:20]) + ", ..."
+    return FmbError(f"unknown {what} '{value}'; expected one of {shown}{nearest(value, choices)}")

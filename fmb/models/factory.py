@@ -1,0 +1,100 @@
+"""`create_model` / `list_models`: a variant name plus options → an EfficientNet."""
+from __future__ import annotations
+
+from fmb.errors import FmbError, choice_error
+from fmb.models.efficientnet import EfficientNet, EfficientNetFeatures
+from fmb.models.layers import DEFAULT_BN_EPS
+from fmb.models.specs import (
+    VARIANTS, apply_overrides, apply_placement, get_variant, round_channels, scale_stages,
+)
+
+PADDINGS = ("symmetric", "same")
+
+
+def list_models() -> list[str]:
+    return list(VARIANTS)
+
+
+def _check_rate(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise FmbError(f"invalid {name}={value!r}: expected a number in [0, 1)")
+    return float(value)
+
+
+def _check_mult(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 16:
+        raise FmbError(f"invalid {name}={value!r}: expected a positive number such as 0.25 or 1.0")
+    return float(value)
+
+
+def build_stages(name: str, blocks=None, stage_overrides=None, width_mult=None, depth_mult=None):
+    """The variant's scaled stage specs after placement and overrides (no module built)."""
+    variant = get_variant(name)
+    width = variant.width_mult * (_check_mult("width_mult", width_mult) if width_mult is not None else 1.0)
+    depth = variant.depth_mult * (_check_mult("depth_mult", depth_mult) if depth_mult is not None else 1.0)
+    stages = apply_overrides(apply_placement(variant.stages, blocks), stage_overrides)
+    return variant, scale_stages(stages, width, depth, variant.family), width
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    blocks: str | None = None,
+    stage_overrides: dict | None = None,
+    width_mult: float | None = None,
+    depth_mult: float | None = None,
+    drop_rate: float | None = None,
+    drop_path_rate: float | None = None,
+    padding: str = "symmetric",
+    pretrained: str | None = None,
+    in_chans: int = 3,
+    features_only: bool = False,
+    out_indices=None,
+    bn_eps: float | None = None,
+):
+    """Build an EfficientNet V1/V2 variant.
+
+    blocks: placement string, one letter per stage (F = Fused-MBConv, M = MBConv).
+    stage_overrides: `{stage_number: {field: value}}` on the base (unscaled) stage table.
+    width_mult / depth_mult: multiply the variant's own coefficients.
+    pretrained: path to a torchvision / timm / fmb checkpoint (origin detected from keys).
+    bn_eps: defaults to 1e-3, or to the eps of the checkpoint's origin when loading.
+    """
+    variant, stages, width = build_stages(name, blocks, stage_overrides, width_mult, depth_mult)
+    if padding not in PADDINGS:
+        raise choice_error("padding", padding, PADDINGS)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise FmbError(f"invalid num_classes={num_classes!r}: expected an integer >= 1 (0 for no classifier)")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise FmbError(f"invalid in_chans={in_chans!r}: expected an integer >= 1")
+
+    state_dict = origin = None
+    if pretrained:
+        from fmb.models.weights import read_checkpoint
+        state_dict, origin = read_checkpoint(pretrained, family=variant.family, padding=padding)
+        if bn_eps is None:
+            bn_eps = origin.bn_eps
+    model = EfficientNet(
+        stages,
+        stem_channels=round_channels(variant.stem_channels, width, variant.family),
+        head_channels=round_channels(variant.head_channels, width, variant.family),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=variant.drop_rate if drop_rate is None else _check_rate("drop_rate", drop_rate),
+        drop_path_rate=variant.drop_path_rate if drop_path_rate is None
+        else _check_rate("drop_path_rate", drop_path_rate),
+        bn_eps=DEFAULT_BN_EPS if bn_eps is None else bn_eps,
+        padding=padding,
+    )
+    model.variant = variant.name
+    if state_dict is not None:
+        from fmb.models.weights import load_into
+        load_into(model, state_dict, origin, source=str(pretrained))
+    if features_only:
+        n = len(stages)
+        indices = tuple(range(1, n + 1)) if out_indices is None else tuple(out_indices)
+        if not indices or any(not isinstance(i, int) or not 1 <= i <= n for i in indices):
+            raise FmbError(f"invalid out_indices={out_indices!r}: expected stage numbers in 1..{n}")
+        return EfficientNetFeatures(model, indices)
+    return model

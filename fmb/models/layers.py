@@ -1,0 +1,45 @@
+"""Small building pieces shared by the blocks: norm layer, TF-style "same" padding."""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The official EfficientNetV2 uses eps 1e-3; PyTorch ports of V1 use 1e-5. A built model
+# carries its own eps (see EfficientNet.bn_eps) so imported weights give their source's logits.
+DEFAULT_BN_EPS = 1e-3
+BN_MOMENTUM = 0.1  # PyTorch convention (TF's 0.99 decay)
+
+
+def norm_layer(eps: float = DEFAULT_BN_EPS):
+    return partial(nn.BatchNorm2d, eps=eps, momentum=BN_MOMENTUM)
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding, computed from the input size at run time.
+
+    For stride 2 TF pads more at the bottom/right than the top/left; weights trained that
+    way lose about a point of top-1 with symmetric padding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        pad_h = _same_pad(ih, self.kernel_size[0], self.stride[0], self.dilation[0])
+        pad_w = _same_pad(iw, self.kernel_size[1], self.stride[1], self.dilation[1])
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def conv2d(in_ch, out_ch, kernel_size, stride=1, groups=1, padding="symmetric", bias=False) -> nn.Conv2d:
+    """A conv with symmetric padding, or TF "same" padding where it differs (stride > 1)."""
+    if padding == "same" and stride > 1:
+        return Conv2dSame(in_ch, out_ch, kernel_size, stride, 0, groups=groups, bias=bias)
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)

@@ -1,0 +1,1 @@
+"""Measure a model: params, FLOPs, latency, memory — in total and per stage."""
