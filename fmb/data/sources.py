@@ -8,7 +8,9 @@ parquet files and a hub dataset all arrive as the same thing: a dict of split na
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,6 +64,21 @@ def digits_dataset(cache_dir: str | os.PathLike | None = None) -> datasets.Datas
 def _is_save_to_disk_dir(path: Path) -> bool:
     return (path / "dataset_dict.json").exists() or (
         (path / "state.json").exists() and (path / "dataset_info.json").exists())
+
+
+def _empty_split(split: str, source: str) -> FmbError:
+    return FmbError(f"split '{split}' of data.source '{source}' is empty; expected examples in every split "
+                    f"(remove the empty one or choose another with data.train_split/val_split/test_split)")
+
+
+def _check_saved_splits(path: Path, source: str) -> None:
+    """`datasets` cannot load a saved split with no rows; say which split it is."""
+    names = json.loads((path / "dataset_dict.json").read_text())["splits"] \
+        if (path / "dataset_dict.json").exists() else [None]
+    for name in names:
+        state = path / name / "state.json" if name else path / "state.json"
+        if state.exists() and not json.loads(state.read_text()).get("_data_files"):
+            raise _empty_split(name or "train", source)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -123,13 +140,22 @@ def load_local(source: str, cache_dir=None, streaming: bool = False) -> dict:
     if path.is_file():
         return _load_files([str(path)], source, cache_dir, streaming)
     if _is_save_to_disk_dir(path):
-        splits = _as_splits(datasets.load_from_disk(str(path)))
+        _check_saved_splits(path, source)
+        try:
+            splits = _as_splits(datasets.load_from_disk(str(path)))
+        except Exception as exc:
+            raise FmbError(f"could not load the save_to_disk directory data.source '{source}' "
+                           f"({_first_line(exc)}); expected a directory written by Dataset.save_to_disk "
+                           f"with non-empty splits") from exc
         return _stream(splits) if streaming else splits
     try:
         return _as_splits(datasets.load_dataset(str(path), cache_dir=cache_dir, streaming=streaming))
     except FmbError:
         raise
     except Exception as exc:
+        empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(exc))
+        if empty:
+            raise _empty_split(empty.group(1), source) from exc
         raise FmbError(f"could not load the folder data.source '{source}' ({_first_line(exc)}); expected a "
                        f"folder of images in one sub-folder per class, {', '.join(FILE_BUILDERS)} files, "
                        f"or a save_to_disk directory") from exc

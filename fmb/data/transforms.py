@@ -144,28 +144,40 @@ def decode_image(value) -> PILImage.Image:
     return to_rgb(image)
 
 
-def _tail() -> list:
+def _tail(normalize: bool) -> list:
+    # normalize=False stops at uint8 tensors: the collate converts and normalizes the whole
+    # batch at once, which is several times cheaper than doing it image by image
+    if not normalize:
+        return [T.ToImage()]
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def build_train_transform(image_size: int, randaugment_magnitude: float = 0.0) -> T.Compose:
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] → float32 scaled to 0..1 and normalized with the ImageNet statistics."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return images.to(torch.float32).sub_(mean).div_(std)  # in place: one float buffer per batch
+
+
+def build_train_transform(image_size: int, randaugment_magnitude: float = 0.0, normalize: bool = True) -> T.Compose:
     """RandomResizedCrop → flip → RandAugment(2, m) when m > 0 → float → ImageNet normalize."""
     steps = [T.RandomResizedCrop(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
              T.RandomHorizontalFlip()]
     if randaugment_magnitude > 0:
         steps.append(T.RandAugment(num_ops=2, magnitude=int(round(randaugment_magnitude))))
-    return T.Compose(steps + _tail())
+    return T.Compose(steps + _tail(normalize))
 
 
-def build_eval_transform(image_size: int, crop_ratio: float = 0.875) -> T.Compose:
+def build_eval_transform(image_size: int, crop_ratio: float = 0.875, normalize: bool = True) -> T.Compose:
     """Resize the short side to image_size / crop_ratio, then center-crop image_size."""
     resize = int(math.floor(image_size / crop_ratio))
     return T.Compose([T.Resize(resize, interpolation=InterpolationMode.BICUBIC, antialias=True),
-                      T.CenterCrop(image_size)] + _tail())
+                      T.CenterCrop(image_size)] + _tail(normalize))
 
 
 class StateTransform:
-    """Per-image transform that follows an AugmentState (rebuilt when its version changes)."""
+    """Per-image transform that follows an AugmentState (rebuilt when its version changes).
+    It yields uint8 tensors; `Collate` normalizes the batch."""
 
     def __init__(self, state: AugmentState, train: bool, crop_ratio: float = 0.875):
         self.state, self.train, self.crop_ratio = state, train, crop_ratio
@@ -176,9 +188,9 @@ class StateTransform:
         if version != self._version:
             if self.train:
                 self._transform = build_train_transform(self.state.image_size,
-                                                        self.state.get("randaugment_magnitude"))
+                                                        self.state.get("randaugment_magnitude"), normalize=False)
             else:
-                self._transform = build_eval_transform(self.state.eval_image_size, self.crop_ratio)
+                self._transform = build_eval_transform(self.state.eval_image_size, self.crop_ratio, normalize=False)
             self._version = version
         return self._transform
 
@@ -190,7 +202,7 @@ class StateTransform:
 
 
 class Collate:
-    """Stack (image, label) pairs, dropping the None a skipped bad image leaves; on train
+    """Stack (image, label) pairs, convert uint8 images to normalized float32, dropping the None a skipped bad image leaves; on train
     batches apply MixUp / CutMix (one of them, chosen at random, when both are on), which
     turns the int64 labels into float soft labels of shape [B, num_classes]."""
 
@@ -217,6 +229,8 @@ class Collate:
             size = self.state.image_size if self.mix else self.state.eval_image_size
             return torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.int64)
         images = torch.stack([image for image, _ in batch])
+        if images.dtype == torch.uint8:
+            images = normalize_batch(images)
         labels = torch.as_tensor([label for _, label in batch], dtype=torch.int64)
         mixer = self.mixer() if self.mix else None
         if mixer is not None:

@@ -1,0 +1,147 @@
+"""fmb vs timm vs torchvision EfficientNets, side by side in one process.
+
+Same inputs, same thread count, contenders alternated round by round (so drift on a shared
+machine hits all of them), warm-up before every timed block, median of all timed iterations.
+Prints ms per batch and the ratio fmb/peer as a speed ratio (peer ms / fmb ms: > 1 means fmb
+is faster) for:
+  eager fp32 infer / train          fmb vs both peers
+  fast infer                        fmb fuse_bn + channels_last (+ bf16 autocast, + torch.compile
+                                    with --compile) vs timm eager fp32
+  train bf16 autocast + channels_last   fmb vs timm eager fp32
+
+    .venv/bin/python benchmarks/peers.py --resolution 128 --batch-size 16 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from fmb.models import create_model, fuse_bn
+
+FAMILIES = {  # fmb name: (timm name, torchvision name)
+    "efficientnetv2_s": ("efficientnetv2_s", "efficientnet_v2_s"),
+    "efficientnet_b0": ("efficientnet_b0", "efficientnet_b0"),
+    "efficientnet_b4": ("efficientnet_b4", "efficientnet_b4"),
+}
+
+
+def bf16():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def infer_fn(model, x, ctx=contextlib.nullcontext):
+    model.eval()
+
+    def run():
+        with torch.inference_mode(), ctx():
+            model(x)
+    return run
+
+
+def train_fn(model, x, y, ctx=contextlib.nullcontext):
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        with ctx():
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return run
+
+
+def timed(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def race(contenders: dict, rounds: int, warmup: int, iters: int) -> dict:
+    """{name: median ms}; each round runs every contender once, starting one further along."""
+    names, times = list(contenders), {n: [] for n in contenders}
+    for n in names:  # first calls build kernels and grow allocator caches: keep them out of round 0
+        timed(contenders[n], warmup, 0)
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            times[n] += timed(contenders[n], warmup, iters)
+    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)} for n, t in times.items()}
+
+
+def bench_family(fmb_name, args, x, y):
+    timm_name, tv_name = FAMILIES[fmb_name]
+    torch.manual_seed(0)
+    fmb = create_model(fmb_name)
+    peers = {"timm": timm.create_model(timm_name), "torchvision": getattr(torchvision.models, tv_name)()}
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    fast = fuse_bn(fmb).to(memory_format=torch.channels_last)
+    infer = {"fmb": infer_fn(fmb, x), **{k: infer_fn(m, x) for k, m in peers.items()},
+             "fmb fast fp32": infer_fn(fast, xcl), "fmb fast bf16": infer_fn(fast, xcl, bf16)}
+    if args.compile:
+        compiled = torch.compile(fast)
+        infer["fmb fast bf16 compiled"] = infer_fn(compiled, xcl, bf16)
+        infer["fmb fast bf16 compiled"]()  # compile outside the race
+    res = {"infer": race(infer, args.rounds, args.warmup, args.iters)}
+    fmb_cl = create_model(fmb_name).to(memory_format=torch.channels_last)
+    train = {"fmb": train_fn(fmb, x, y), **{k: train_fn(m, x, y) for k, m in peers.items()},
+             "fmb bf16 channels_last": train_fn(fmb_cl, xcl, y, bf16)}
+    res["train"] = race(train, args.rounds, args.warmup, args.iters)
+    return res
+
+
+def report(fmb_name, res):
+    print(f"\n== {fmb_name}")
+    for kind, rows in res.items():
+        peer_best = min(rows["timm"]["median_ms"], rows["torchvision"]["median_ms"])
+        for name, r in rows.items():
+            line = f"  {kind:5s} {name:26s} {r['median_ms']:8.1f} ms  (min {r['min_ms']:.1f}, max {r['max_ms']:.1f})"
+            if name.startswith("fmb"):
+                line += (f"   x{rows['timm']['median_ms'] / r['median_ms']:.2f} vs timm eager fp32,"
+                         f" x{peer_best / r['median_ms']:.2f} vs faster peer")
+            print(line)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per contender per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--models", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--compile", action="store_true", help="also time torch.compile on the fast path")
+    p.add_argument("--json", help="write all numbers here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.resolution, args.resolution)
+    y = torch.randint(0, 1000, (args.batch_size,))
+    print(f"torch {torch.__version__}, timm {timm.__version__}, torchvision {torchvision.__version__}, "
+          f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
+          f"{args.resolution}px batch {args.batch_size}, {args.rounds} rounds x {args.iters} iters")
+    results = {}
+    for name in args.models:
+        results[name] = bench_family(name, args, x, y)
+        report(name, results[name])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

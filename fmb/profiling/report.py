@@ -1,0 +1,89 @@
+"""Render a `profile_model` result: rich tables for the terminal, a PNG bar chart for --plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+
+def _ms(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+def summary_table(r: dict) -> Table:
+    t = Table(title=f"{r['variant']} [{r['blocks']}] @ {r['resolution']}px, batch {r['batch_size']}, "
+                    f"{r['device']} {r['precision']}{' fast' if r['fast'] else ''}", box=box.SIMPLE_HEAD)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("params", f"{r['params']:,}")
+    t.add_row("GMACs / image", f"{r['macs'] / 1e9:.3f}")
+    for key, label, spread in (("infer_latency_ms", "infer ms / batch (median)", "infer_latency_spread_ms"),
+                               ("train_step_ms", "train step ms (median)", "train_step_spread_ms")):
+        if r[key] is not None:
+            s = r[spread]
+            t.add_row(label, f"{r[key]:.1f}  [IQR {s['p25_ms']:.1f}-{s['p75_ms']:.1f}]")
+    if r["infer_images_per_sec"] is not None:
+        t.add_row("infer img/s", f"{r['infer_images_per_sec']:.1f}")
+    if r["train_images_per_sec"] is not None:
+        t.add_row("train img/s", f"{r['train_images_per_sec']:.1f}")
+    if r["peak_train_memory_mb"] is not None:
+        t.add_row("peak train memory MB", f"{r['peak_train_memory_mb']:.1f}")
+    return t
+
+
+def stages_table(rows: list[dict]) -> Table:
+    t = Table(title="per stage (0 = stem)", box=box.SIMPLE_HEAD)
+    for col in ("stage", "block", "params", "MMACs", "forward ms", "activation MB"):
+        t.add_column(col, justify="left" if col == "block" else "right")
+    for s in rows:
+        t.add_row(str(s["stage"]), s["block"], f"{s['params']:,}", f"{s['macs'] / 1e6:.1f}",
+                  _ms(s["forward_ms"]), f"{s['activation_mb']:.1f}")
+    return t
+
+
+def compare_table(rows: list[dict]) -> Table:
+    t = Table(title="MBConv vs Fused-MBConv per stage (speedup > 1: fused is faster)", box=box.SIMPLE_HEAD)
+    for col in ("stage", "in→out", "HxW", "params M/F", "MMACs M/F", "infer ms M/F", "train ms M/F",
+                "speedup inf/train", "verdict"):
+        t.add_column(col, justify="right" if col != "verdict" else "left", no_wrap=True)
+    for r in rows:
+        sp = "/".join("-" if r[f"fused_speedup_{m}"] is None else f"{r[f'fused_speedup_{m}']:.2f}x"
+                      for m in ("infer", "train"))
+        t.add_row(str(r["stage"]), f"{r['in_channels']}→{r['out_channels']}", str(r["input_hw"]),
+                  f"{r['mbconv_params']:,}/{r['fused_params']:,}",
+                  f"{r['mbconv_macs'] / 1e6:.1f}/{r['fused_macs'] / 1e6:.1f}",
+                  f"{_ms(r['mbconv_infer_ms'])}/{_ms(r['fused_infer_ms'])}",
+                  f"{_ms(r['mbconv_train_ms'])}/{_ms(r['fused_train_ms'])}", sp, r["verdict"])
+    return t
+
+
+def plot(result: dict, path: Path) -> None:
+    """Bar chart: MBConv vs Fused ms per stage (with --compare-blocks), else forward ms per stage."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    rows = result.get("compare_blocks")
+    if rows:
+        series = [(f"{b} {m}", [r[f"{b}_{m}_ms"] or 0 for r in rows]) for m in ("infer", "train")
+                  for b in ("mbconv", "fused") if rows[0][f"{b}_{m}_ms"] is not None]
+        labels = [str(r["stage"]) for r in rows]
+        ax.set_title("MBConv vs Fused-MBConv per stage")
+    else:
+        stages = result["stages"]
+        series = [("forward", [s["forward_ms"] or 0 for s in stages])]
+        labels = [str(s["stage"]) for s in stages]
+        ax.set_title("forward time per stage")
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series):
+        ax.bar([j + i * width for j in range(len(labels))], values, width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels)
+    ax.set_xlabel("stage")
+    ax.set_ylabel("ms per batch")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

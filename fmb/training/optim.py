@@ -1,0 +1,54 @@
+"""Optimizers and per-step learning-rate schedules of the EfficientNetV2 recipe."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fmb.errors import choice_error
+
+OPTIMIZERS = ("rmsprop", "sgd", "adamw")
+SCHEDULES = ("cosine", "exponential", "constant")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only: not on BN parameters or biases (all 1-D)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def effective_lr(lr: float, per_256: bool, global_batch: int) -> float:
+    """The paper gives lr per 256 images; the run's lr scales with its global batch."""
+    return lr * global_batch / 256 if per_256 else lr
+
+
+def build_optimizer(name: str, groups, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "rmsprop":
+        # The paper's RMSProp: decay 0.9, momentum 0.9, eps 1e-3.
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, momentum=momentum, eps=1e-3)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise choice_error("optimizer", name, OPTIMIZERS)
+
+
+def lr_factor(step: int, *, name: str, total_steps: int, steps_per_epoch: float, warmup_epochs: float,
+              decay_rate: float = 0.97, decay_epochs: float = 2.4, min_lr_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr at optimizer step `step`: linear warmup, then the schedule."""
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if name == "constant":
+        return 1.0
+    if name == "exponential":
+        # Staircase decay as the official code: x decay_rate every decay_epochs.
+        return max(min_lr_ratio, decay_rate ** math.floor((step - warmup) / (decay_epochs * steps_per_epoch)))
+    if name == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise choice_error("schedule", name, SCHEDULES)

@@ -1,0 +1,68 @@
+"""Where a run lives, decided once and the same on every rank, and checkpoints written atomically."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from fmb.errors import FmbError
+
+RUN_DIR_ENV = "FMB_RUN_DIR"
+
+
+def global_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def decide_run_dir(explicit: str | None, name: str, root: str = "runs") -> Path:
+    """`run.dir`, or runs/<name>/<id> where every rank must arrive at the same <id>.
+
+    Lightning re-launches the command for ranks > 0 with our environment, so rank 0's
+    choice travels in FMB_RUN_DIR. torchrun and SLURM start ranks independently: their
+    shared run/job id names the directory instead of a clock that can differ by a second.
+    """
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    run_id = None
+    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        run_id = f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+    elif os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        run_id = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    path = Path(root) / name / (run_id or time.strftime("%Y%m%d-%H%M%S"))
+    if run_id is None:
+        suffix = 1
+        while path.exists():  # two runs started in the same second get their own dirs
+            path = path.with_name(f"{path.name.split('.')[0]}.{suffix}")
+            suffix += 1
+    path = path.resolve()
+    os.environ[RUN_DIR_ENV] = str(path)
+    return path
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not Path(run_dir).is_dir():
+        raise FmbError(f"cannot resume: run directory {run_dir} does not exist; expected a directory made by fmb train")
+    if not ckpt.is_file():
+        raise FmbError(f"cannot resume {run_dir}: no checkpoints/last.ckpt there (the run stopped before "
+                       "its first epoch ended); start a new run without --resume")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Save to a temp file and rename, so a kill mid-save never leaves a truncated checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)

@@ -1,0 +1,231 @@
+"""fmb ablate: plans, the report, resume after SIGKILL, failing trials, bad input.
+
+Trials run a tiny fake trainer (a script that speaks the `fmb train` contract: writes
+summary.json into run.dir, or fails, or hangs) so these tests check the sweep machinery in
+seconds; `test_real_training_sweep` runs the real `fmb train` and is marked slow.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmb import create_model
+from fmb.ablation import run_ablation
+from fmb.ablation.plan import generate_placements, parse_placements, parse_seeds
+from fmb.errors import FmbError
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANT = "efficientnetv2_b0"
+
+FAKE_TRAINER = r'''
+import json, os, sys, time
+args = sys.argv[1:]
+assert args[0] == "train" and "-c" in args, args
+kv = dict(a.split("=", 1) for a in args if "=" in a)
+run_dir, placement, seed = kv["run.dir"], kv["model.blocks"], int(kv["run.seed"])
+os.makedirs(run_dir, exist_ok=True)
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(f"{placement}-s{seed}\n")
+open(os.path.join(run_dir, "pid"), "w").write(str(os.getpid()))
+if placement == os.environ.get("FAKE_FAIL"):
+    print("error: boom in " + placement, file=sys.stderr)
+    sys.exit(1)
+if placement == os.environ.get("FAKE_SLOW"):
+    open(os.path.join(run_dir, "started"), "w").close()
+    time.sleep(120)
+top1 = 0.5 + 0.05 * placement.count("F") + 0.01 * seed
+summary = {"status": "completed", "val_top1": top1, "best_val_top1": top1, "val_loss": 1.0, "epochs": 1,
+           "global_step": 2, "params": 123, "train_images_per_sec": 10.0, "wall_time_s": 0.1}
+with open(os.path.join(run_dir, "summary.json"), "w") as f:
+    json.dump(summary, f)
+'''
+
+
+def _preset(tmp_path, fake=True, **ablate) -> Path:
+    cfg = {
+        "model": {"variant": VARIANT, "width_mult": 0.25, "depth_mult": 0.25},
+        "data": {"source": "digits", "image_size": 32, "eval_image_size": 32, "batch_size": 16, "num_workers": 0},
+        "trainer": {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2, "accelerator": "cpu",
+                    "devices": 1},
+        "ablate": {"seeds": [0], "profile": {"resolution": 32, "batch_size": 2, "device": "cpu", "warmup": 0,
+                                             "iters": 1, "num_classes": 10}, **ablate},
+    }
+    if fake:
+        script = tmp_path / "fake_train.py"
+        script.write_text(FAKE_TRAINER)
+        cfg["ablate"]["train_command"] = [sys.executable, str(script)]
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def fake_log(tmp_path, monkeypatch):
+    log = tmp_path / "invocations.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    return log
+
+
+def _lines(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), "results.jsonl must end on a complete line"
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "fmb", "ablate", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_plans():
+    assert generate_placements("prefix", 3) == ["MMM", "FMM", "FFM", "FFF"]
+    assert generate_placements("single", 3) == ["MMM", "FMM", "MFM", "MMF"]
+    assert len(generate_placements("exhaustive", 6)) == 64
+    with pytest.raises(FmbError, match="above the cap of 64"):
+        generate_placements("exhaustive", 7)
+    assert len(generate_placements("exhaustive", 7, force=True)) == 128
+    assert parse_placements("mmmmmm, FFFMMM", VARIANT) == ["MMMMMM", "FFFMMM"]
+    assert parse_seeds("0, 2") == [0, 2]
+
+
+def test_profile_only_prefix_params_match_create_model(tmp_path):
+    result = run_ablation([_preset(tmp_path, fake=False)], profile_only=True, sweep="prefix", out=tmp_path / "study")
+    assert result.exit_code == 0
+    assert [r["placement"] for r in result.rows] == ["F" * k + "M" * (6 - k) for k in range(7)]
+    for row in result.rows:
+        model = create_model(VARIANT, num_classes=10, blocks=row["placement"], width_mult=0.25, depth_mult=0.25)
+        assert row["params"] == sum(p.numel() for p in model.parameters()), row["placement"]
+        assert row["macs"] > 0 and row["infer_images_per_sec"] > 0 and row["train_images_per_sec"] > 0
+    assert [r["trial_id"] for r in _lines(tmp_path / "study" / "results.jsonl")] == [r["placement"] for r in result.rows]
+    assert (tmp_path / "study" / "throughput_vs_params.png").stat().st_size > 0
+
+
+def test_training_sweep_writes_report_csv_plots(tmp_path, fake_log):
+    preset = _preset(tmp_path, fused_overrides={"se_ratio": 0.0})
+    out, js = tmp_path / "study", tmp_path / "out.json"
+    result = run_ablation([preset], placements="MMMMMM,FFFMMM", seeds="0,1", out=out, json_path=js)
+    assert result.exit_code == 0 and result.failed == []
+    assert sorted(fake_log.read_text().split()) == ["FFFMMM-s0", "FFFMMM-s1", "MMMMMM-s0", "MMMMMM-s1"]
+    fused = next(r for r in result.rows if r["placement"] == "FFFMMM")
+    assert fused["top1_mean"] == pytest.approx(65.5) and fused["top1_std"] == pytest.approx(0.7071, abs=1e-3)
+    assert fused["top1_delta"] == pytest.approx(15.0) and fused["seeds_completed"] == 2
+    report = (out / "report.md").read_text()
+    assert "| FFFMMM | 1-3 |" in report and "65.50 ± 0.71 (+15.00)" in report and "**MMMMMM**" in report
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 4
+    for png in ("top1_vs_train_throughput.png", "params_vs_top1.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # each trial's -c file is a train config: no ablate section, the per-trial SE override applied
+    trial_cfg = yaml.safe_load((out / "trials" / "FFFMMM-s0" / "trial.yaml").read_text())
+    assert "ablate" not in trial_cfg and "blocks" not in trial_cfg["model"]
+    assert trial_cfg["model"]["stage_overrides"] == {str(i): {"se_ratio": 0.0} for i in (1, 2, 3)}
+    assert yaml.safe_load((out / "trials" / "MMMMMM-s0" / "trial.yaml").read_text())["model"]["stage_overrides"] == {}
+    assert json.loads(js.read_text())["placements"][1]["placement"] == "FFFMMM"
+    # the same command again finds everything finished and runs nothing
+    assert run_ablation([preset], placements="MMMMMM,FFFMMM", seeds="0,1", out=out).exit_code == 0
+    assert len(fake_log.read_text().split()) == 4 and len(_lines(out / "results.jsonl")) == 4
+
+
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, fake_log, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL", "FFMMMM")
+    preset = _preset(tmp_path)
+    result = run_ablation([preset], placements="MMMMMM,FFMMMM,FFFFFF", out=tmp_path / "a")
+    assert result.exit_code == 1 and result.failed == ["FFMMMM-s0"]
+    by_id = {r["trial_id"]: r for r in _lines(tmp_path / "a" / "results.jsonl")}
+    assert by_id["FFMMMM-s0"]["status"] == "failed" and "boom in FFMMMM" in by_id["FFMMMM-s0"]["error"]
+    assert by_id["MMMMMM-s0"]["status"] == by_id["FFFFFF-s0"]["status"] == "completed"
+    assert "## Failed trials" in (tmp_path / "a" / "report.md").read_text()
+    # --fail-fast: the first failure ends the sweep; the trial never run still counts as failed
+    result = run_ablation([preset], placements="FFMMMM,MMMMMM", out=tmp_path / "b", fail_fast=True)
+    assert result.exit_code == 1 and result.failed == ["FFMMMM-s0", "MMMMMM-s0"]
+    assert [r["trial_id"] for r in _lines(tmp_path / "b" / "results.jsonl")] == ["FFMMMM-s0"]
+    # a failed trial is re-run on the next invocation, and the latest line wins
+    monkeypatch.delenv("FAKE_FAIL")
+    result = run_ablation([preset], placements="MMMMMM,FFMMMM,FFFFFF", out=tmp_path / "a")
+    assert result.exit_code == 0 and fake_log.read_text().split().count("MMMMMM-s0") == 2  # once per study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path, fake_log):
+    preset, out = _preset(tmp_path), tmp_path / "study"
+    env = {**os.environ, "FAKE_SLOW": "FFMMMM"}
+    proc = _cli("-c", preset, "--placements", "MMMMMM,FFMMMM,FFFFFF", "--out", out, env=env, start_new_session=True)
+    started = out / "trials" / "FFMMMM-s0" / "started"
+    deadline = time.time() + 90
+    while not started.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    trial_pid = int((started.parent / "pid").read_text())
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep's whole process group, mid-trial
+    proc.communicate()
+    deadline = time.time() + 10
+    while _alive(trial_pid) and time.time() < deadline:  # the trial dies with its sweep
+        time.sleep(0.1)
+    assert not _alive(trial_pid)
+    assert [r["trial_id"] for r in _lines(out / "results.jsonl")] == ["MMMMMM-s0"]
+    first_summary = (out / "trials" / "MMMMMM-s0" / "summary.json").stat().st_mtime_ns
+
+    proc = _cli("--resume", "--out", out)  # the stored invocation, without FAKE_SLOW
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    ids = [r["trial_id"] for r in _lines(out / "results.jsonl")]
+    assert sorted(ids) == ["FFFFFF-s0", "FFMMMM-s0", "MMMMMM-s0"]  # each exactly once
+    assert fake_log.read_text().split() == ["MMMMMM-s0", "FFMMMM-s0", "FFMMMM-s0", "FFFFFF-s0"]
+    assert (out / "trials" / "MMMMMM-s0" / "summary.json").stat().st_mtime_ns == first_summary
+    assert not (out / "trials" / "FFMMMM-s0" / "started").exists()  # the interrupted attempt was replaced
+    assert (out / "report.md").exists() and "FFFFFF" in stdout
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path):
+    preset, out = _preset(tmp_path, fake=False), tmp_path / "study"
+    run_ablation([preset], placements="MMMMMM", profile_only=True, out=out)
+    before = _snapshot(out)
+    cases = {
+        ("--placements", "FFFMM"): "expected 6 letters",
+        ("--placements", "FFXMMM"): "each F (Fused-MBConv) or M",
+        ("--placements", "FFFMMM,FFFMMM"): "listed twice",
+        ("--placements", ","): "empty placement list",
+        ("--sweep", "exhaustive", "ablate.exhaustive_cap=8"): "above the cap of 8",
+        ("--sweep", "diagonal"): "unknown sweep",
+        ("--seeds", "0,x"): "invalid seed 'x'",
+        ("--profile-only", "model.width_mult=0.5"): "model.width_mult: 0.25 here, 0.5 now",
+        ("--profile-only", "run.seed=3"): "use --seeds",
+    }
+    procs = {args: _cli("-c", preset, "--out", out, *args) for args in cases}
+    for args, proc in procs.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error:"), (args, stderr)
+        assert cases[args] in stderr, (args, stderr)
+    assert _snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_real_training_sweep(tmp_path):
+    """Two placements through the real `fmb train` on digits, a couple of steps each."""
+    preset, out = _preset(tmp_path, fake=False), tmp_path / "study"
+    proc = _cli("-c", preset, "--placements", "MMMMMM,FFFMMM", "--out", out, "--json", tmp_path / "r.json")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    trials = json.loads((tmp_path / "r.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["completed", "completed"]
+    for t in trials:
+        assert 0 <= t["val_top1"] <= 1 and t["trained_params"] == t["params"]
+        assert (Path(t["run_dir"]) / "checkpoints" / "last.ckpt").exists()
+    for name in ("report.md", "results.csv", "top1_vs_train_throughput.png", "params_vs_top1.png"):
+        assert (out / name).exists(), name
