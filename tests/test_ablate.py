@@ -5,6 +5,7 @@ summary.json into run.dir, or fails, or hangs) so these tests check the sweep ma
 seconds; `test_real_training_sweep` runs the real `fmb train` and is marked slow.
 """
 import json
+import re
 import os
 import signal
 import subprocess
@@ -147,7 +148,8 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, fake_log, mon
     # a failed trial is re-run on the next invocation, and the latest line wins
     monkeypatch.delenv("FAKE_FAIL")
     result = run_ablation([preset], placements="MMMMMM,FFMMMM,FFFFFF", out=tmp_path / "a")
-    assert result.exit_code == 0 and fake_log.read_text().split().count("MMMMMM-s0") == 2  # once per study
+    runs = fake_log.read_text().split()
+    assert result.exit_code == 0 and runs.count("MMMMMM-s0") == 1 and runs.count("FFMMMM-s0") == 3
 
 
 def _alive(pid: int) -> bool:
@@ -195,23 +197,42 @@ def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path):
     preset, out = _preset(tmp_path, fake=False), tmp_path / "study"
     run_ablation([preset], placements="MMMMMM", profile_only=True, out=out)
     before = _snapshot(out)
-    cases = {
+    # through the real command line (each start costs seconds of imports on a shared CPU) ...
+    cli_cases = {
         ("--placements", "FFFMM"): "expected 6 letters",
-        ("--placements", "FFXMMM"): "each F (Fused-MBConv) or M",
-        ("--placements", "FFFMMM,FFFMMM"): "listed twice",
-        ("--placements", ","): "empty placement list",
         ("--sweep", "exhaustive", "ablate.exhaustive_cap=8"): "above the cap of 8",
-        ("--sweep", "diagonal"): "unknown sweep",
         ("--seeds", "0,x"): "invalid seed 'x'",
         ("--profile-only", "model.width_mult=0.5"): "model.width_mult: 0.25 here, 0.5 now",
-        ("--profile-only", "run.seed=3"): "use --seeds",
     }
-    procs = {args: _cli("-c", preset, "--out", out, *args) for args in cases}
+    procs = {args: _cli("-c", preset, "--out", out, *args) for args in cli_cases}
     for args, proc in procs.items():
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=180)
         assert proc.returncode == 2, (args, stderr)
         assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error:"), (args, stderr)
-        assert cases[args] in stderr, (args, stderr)
+        assert cli_cases[args] in stderr, (args, stderr)
+    # ... and the rest through the library function the command wraps (same FmbError, exit 2)
+    lib_cases = [
+        (dict(placements="FFXMMM"), "each F (Fused-MBConv) or M"),
+        (dict(placements="FFFMMM,fffmmm"), "listed twice"),
+        (dict(placements=" , "), "empty placement list"),
+        (dict(seeds=""), "empty seed list"),
+        (dict(seeds="1,1"), "repeats a seed"),
+        (dict(sweep="diagonal"), "unknown sweep"),
+        (dict(placements="MMMMMM", sweep="prefix"), "not both"),
+        (dict(overrides=["run.seed=3"]), "use --seeds"),
+        (dict(overrides=["ablate.sweeps=prefix"]), "unknown ablate setting 'sweeps'"),
+        (dict(overrides=["ablate.profile.iters=0"]), "ablate.profile.iters=0: expected an integer >= 1"),
+        (dict(overrides=["ablate.fused_overrides={kernel_size: 4}"]), "odd kernel size"),
+        (dict(overrides=["model.stage_overrides.1.block=fused"]), "chooses each stage's block"),
+        (dict(profile_only=False), "holds a different study"),
+    ]
+    for kwargs, message in lib_cases:
+        overrides = kwargs.pop("overrides", [])
+        with pytest.raises(FmbError, match=re.escape(message)) as info:
+            run_ablation([preset], overrides, out=out, **{"profile_only": True, **kwargs})
+        assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    with pytest.raises(FmbError, match="not an fmb ablate study"):
+        run_ablation([preset], profile_only=True, out=tmp_path)  # a non-empty dir without study.json
     assert _snapshot(out) == before
 
 

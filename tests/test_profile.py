@@ -6,8 +6,10 @@ import torch
 from torch import nn
 
 import fmb.profiling.profile as profile_mod
+from fmb.errors import FmbError
 from fmb.models import FusedMBConv, MBConv, create_model
 from fmb.profiling import compare_blocks, count_macs_per_stage, profile_model
+from fmb.profiling.command import parse_stage_sets
 from fmb.profiling.flops import count_module_macs
 
 TINY = {"name": "efficientnetv2_s", "blocks": "FFFMMM", "stage_overrides": None,
@@ -75,3 +77,15 @@ def test_oom_halves_the_batch_and_says_so(monkeypatch):
     assert result["batch_size"] == 2
     assert result["notes"] == ["out of memory at batch 8; halved to 4 and retried",
                                "out of memory at batch 4; halved to 2 and retried"]
+
+
+def test_stage_sets_parse_to_overrides_and_bad_ones_fail_before_any_work():
+    assert parse_stage_sets(["stage.4.kernel_size=5", "stage.4.se_ratio=0.5", "stage.1.block=M"]) == {
+        4: {"kernel_size": 5, "se_ratio": 0.5}, 1: {"block": "M"}}
+    for bad in ("kernel_size=5", "stage.x.kernel_size=5", "stage.4.kernel_size"):
+        with pytest.raises(FmbError, match="stage"):
+            parse_stage_sets([bad])
+    with pytest.raises(FmbError, match="odd kernel size"):
+        profile_model({**TINY, "stage_overrides": {4: {"kernel_size": 4}}}, **QUICK)
+    with pytest.raises(FmbError, match="expected one of"):
+        profile_model(TINY, mode="fast", **QUICK)

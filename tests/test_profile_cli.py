@@ -15,10 +15,10 @@ def run_fmb(*args):
 
 def test_profile_writes_tables_json_and_plot(tmp_path):
     out, png = tmp_path / "profile.json", tmp_path / "stages.png"
-    result = run_fmb(*TINY, "-r", "32", "-b", "2", "--compare-blocks", "--set", "stage.4.kernel_size=5",
+    result = run_fmb(*TINY, "-r", "32", "-b", "2", "--mode", "infer", "--compare-blocks", "--set", "stage.4.kernel_size=5",
                      "--json", str(out), "--plot", str(png))
     assert result.returncode == 0, result.stderr
-    assert "MBConv vs Fused-MBConv" in result.stdout and "verdict" in result.stdout
+    assert "per stage" in result.stdout and "verdict" in result.stdout
     data = json.loads(out.read_text())
     assert data["model"]["stage_overrides"] == {"4": {"kernel_size": 5}}
     assert len(data["compare_blocks"]) == 6 and len(data["stages"]) == 8
@@ -31,8 +31,6 @@ BAD = {
     "fp16 on cpu": (["-r", "32", "--precision", "fp16"], "fp16 on CPU"),
     "stage": (["-r", "32", "--set", "stage.9.kernel_size=5"], "stages 1..6"),
     "field": (["-r", "32", "--set", "stage.4.kernal_size=5"], "did you mean 'kernel_size'"),
-    "value": (["-r", "32", "--set", "stage.4.kernel_size=4"], "odd kernel size"),
-    "set syntax": (["-r", "32", "--set", "kernel_size=5"], "stage.N.field=value"),
 }
 if not torch.cuda.is_available():
     BAD["cuda"] = (["-r", "32", "--device", "cuda"], "no CUDA GPU")

@@ -80,7 +80,7 @@ def generate_placements(sweep: str, n_stages: int, cap: int = DEFAULT_EXHAUSTIVE
 
 def parse_seeds(value) -> list[int]:
     """'0,1,2' or a list of ints → distinct non-negative ints."""
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [i for i in value.split(",") if i.strip()] if isinstance(value, str) else list(value)
     seeds = []
     for item in items:
         text = str(item).strip()

@@ -151,6 +151,36 @@ def _ablate_section(sections: list, overrides: list[str]) -> dict:
     return OmegaConf.to_container(merged, resolve=True)
 
 
+def _check_ablate_values(ablate: dict) -> None:
+    """Catch a bad setting here, not as the same failure in every trial."""
+    def bad(key, value, expected):
+        return FmbError(f"invalid ablate.{key}={value!r}: expected {expected}")
+
+    def is_int(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    cap, timeout, cmd = ablate["exhaustive_cap"], ablate["trial_timeout_s"], ablate["train_command"]
+    if not is_int(cap, 1):
+        raise bad("exhaustive_cap", cap, "a positive integer such as 64")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise bad("trial_timeout_s", timeout, "a number of seconds > 0, or null for no limit")
+    if cmd is not None and (not isinstance(cmd, list) or not cmd):
+        raise bad("train_command", cmd, "a list such as [python, -m, fmb], or null")
+    for key in ("fused_overrides", "mbconv_overrides"):
+        if not isinstance(ablate[key] or {}, dict):
+            raise bad(key, ablate[key], "a mapping of stage field: value, e.g. {se_ratio: 0.0}")
+    prof = ablate["profile"]
+    for key, low in (("batch_size", 1), ("warmup", 0), ("iters", 1), ("num_classes", 1)):
+        if not is_int(prof[key], low):
+            raise bad(f"profile.{key}", prof[key], f"an integer >= {low}")
+    if prof["resolution"] is not None and not is_int(prof["resolution"], 8):
+        raise bad("profile.resolution", prof["resolution"], "an integer >= 8, or null for data.image_size")
+    if prof["precision"] not in ("fp32", "bf16", "fp16"):
+        raise choice_error("ablate.profile.precision", prof["precision"], ("fp32", "bf16", "fp16"))
+    if not (prof["device"] in ("auto", "cpu") or str(prof["device"]).startswith("cuda")):
+        raise choice_error("ablate.profile.device", prof["device"], ("auto", "cpu", "cuda"))
+
+
 def load_study(files: list[str], overrides: list[str], *, placements=None, sweep=None, seeds=None,
                profile_only=None, fail_fast=None, force=False) -> Study:
     """Everything a sweep needs, validated; raises FmbError before anything is written."""
@@ -179,9 +209,8 @@ def load_study(files: list[str], overrides: list[str], *, placements=None, sweep
         ablate["profile_only"] = bool(profile_only)
     if fail_fast is not None:
         ablate["fail_fast"] = bool(fail_fast)
+    _check_ablate_values(ablate)
     cap = ablate["exhaustive_cap"]
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-        raise FmbError(f"invalid ablate.exhaustive_cap={cap!r}: expected a positive integer such as 64")
     if placements is None and sweep is None and ablate["placements"]:
         placements = ablate["placements"]
     if placements is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed
 from datasets.distributed import split_dataset_by_node
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
 from fmb.data.columns import Columns, as_image_column, resolve_columns
 from fmb.data.image_sets import MapImageSet, StreamImageSet, SyntheticImageSet
@@ -310,9 +311,16 @@ class ImageDataModule(L.LightningDataModule):
             raise FmbError(f"the training set has {len(dataset)} examples, fewer than one batch of "
                            f"{self.batch_size}; expected a smaller data.batch_size")
         persistent = workers > 0 if self.persistent_workers is None else (self.persistent_workers and workers > 0)
+        sampler = None
+        rank, world = _rank_and_world(self.trainer)
+        if not train and world > 1 and not isinstance(dataset, StreamImageSet):
+            # Lightning would give evaluation loaders a DistributedSampler, which repeats a few
+            # examples to even out the ranks and so counts them twice in the synced metrics.
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return FmbDataLoader(
             dataset, batch_size=self.batch_size, shuffle=train and not isinstance(dataset, StreamImageSet),
-            drop_last=train, num_workers=workers, pin_memory=self.pin_memory, persistent_workers=persistent,
+            sampler=sampler, drop_last=train, num_workers=workers, pin_memory=self.pin_memory,
+            persistent_workers=persistent,
             collate_fn=Collate(self.state, self.num_classes, mix=train),
             fmb_hooks=LoaderHooks(self, train=train))
 

@@ -43,15 +43,14 @@ def stages_table(rows: list[dict]) -> Table:
 
 
 def compare_table(rows: list[dict]) -> Table:
-    t = Table(title="MBConv vs Fused-MBConv per stage (speedup > 1: fused is faster)", box=box.SIMPLE_HEAD)
-    for col in ("stage", "in→out", "HxW", "params M/F", "MMACs M/F", "infer ms M/F", "train ms M/F",
-                "speedup inf/train", "verdict"):
-        t.add_column(col, justify="right" if col != "verdict" else "left", no_wrap=True)
+    t = Table(title="MBConv (M) vs Fused (F) per stage; speedup = M ms / F ms", box=box.SIMPLE_HEAD)
+    for col in ("stage", "HxW", "kparams M/F", "MMACs M/F", "infer ms M/F", "train ms M/F", "speedup", "verdict"):
+        t.add_column(col, justify="right" if col != "verdict" else "left")
     for r in rows:
-        sp = "/".join("-" if r[f"fused_speedup_{m}"] is None else f"{r[f'fused_speedup_{m}']:.2f}x"
+        sp = "/".join("-" if r[f"fused_speedup_{m}"] is None else f"{r[f'fused_speedup_{m}']:.2f}"
                       for m in ("infer", "train"))
-        t.add_row(str(r["stage"]), f"{r['in_channels']}→{r['out_channels']}", str(r["input_hw"]),
-                  f"{r['mbconv_params']:,}/{r['fused_params']:,}",
+        t.add_row(str(r["stage"]), str(r["input_hw"]),
+                  f"{r['mbconv_params'] / 1e3:.0f}/{r['fused_params'] / 1e3:.0f}",
                   f"{r['mbconv_macs'] / 1e6:.1f}/{r['fused_macs'] / 1e6:.1f}",
                   f"{_ms(r['mbconv_infer_ms'])}/{_ms(r['fused_infer_ms'])}",
                   f"{_ms(r['mbconv_train_ms'])}/{_ms(r['fused_train_ms'])}", sp, r["verdict"])

@@ -79,7 +79,7 @@ class ImageClassifier(L.LightningModule):
         if elapsed > 0 and self._epoch_images:
             rate = self._epoch_images * self.trainer.world_size / elapsed
             self.images_per_sec.append(rate)
-            self.log("train/images_per_sec", rate, rank_zero_only=True)
+            self.log("train/images_per_sec", rate, sync_dist=True)  # mean of every rank's estimate
 
     # --- evaluation -----------------------------------------------------------------
     def _raw_model(self):
@@ -89,7 +89,7 @@ class ImageClassifier(L.LightningModule):
         for callback in self.trainer.callbacks:
             average = getattr(callback, "_average_model", None) if isinstance(callback, WeightAveraging) else None
             if average is not None:
-                return average.module
+                return average.module.eval()  # the copy keeps its training flag; BN must use running stats
         return None
 
     def validation_step(self, batch, batch_idx):
@@ -102,12 +102,14 @@ class ImageClassifier(L.LightningModule):
             self.val_raw_metrics.update(raw(images), labels)
 
     def on_validation_epoch_end(self):
+        # compute() already reduces the metric states over ranks (torchmetrics); sync_dist on
+        # those equal values changes nothing and tells Lightning they are global.
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_loss.reset()
         self.val_metrics.reset()
         if self._raw_model() is not None:
-            self.log_dict(self.val_raw_metrics.compute())
+            self.log_dict(self.val_raw_metrics.compute(), sync_dist=True)
             self.val_raw_metrics.reset()
 
     def test_step(self, batch, batch_idx):
@@ -118,7 +120,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_test_epoch_end(self):
         self.log("test/loss", self.test_loss.compute(), sync_dist=True)
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_loss.reset()
         self.test_metrics.reset()
 

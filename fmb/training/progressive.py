@@ -103,8 +103,10 @@ class ProgressiveLearning(Callback):
             self._apply(trainer, pl_module, 0)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        # Checkpoints are written at epoch end, so the resumed run starts with the next epoch.
-        self._apply(trainer, pl_module, checkpoint.get("epoch", -1) + 1)
+        # The epoch a resumed run starts with: Lightning counts an epoch whose batches were
+        # all processed as done, even if the checkpoint was written during its validation.
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+        self._apply(trainer, pl_module, int(progress.get("processed", checkpoint.get("epoch", 0))))
 
     def on_train_epoch_start(self, trainer, pl_module):
         values = self._apply(trainer, pl_module, trainer.current_epoch)

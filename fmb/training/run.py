@@ -8,13 +8,14 @@ from pathlib import Path
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fmb.config import load_config, to_dict, to_yaml
 from fmb.data import build_datamodule
 from fmb.errors import FmbError
 from fmb.models import get_variant
+from fmb.training.distributed import check_rank_shares, plan_devices
+from fmb.training.loggers import run_loggers
 from fmb.training.module import ImageClassifier
 from fmb.training.progressive import ProgressiveLearning, plan_stages
 from fmb.training.rundir import AtomicCheckpointIO, decide_run_dir, last_checkpoint
@@ -66,7 +67,7 @@ def _pretrained(cfg: DictConfig, kwargs: dict):
     return state, origin
 
 
-def _callbacks(cfg: DictConfig, run_dir: Path, plan) -> list:
+def _callbacks(cfg: DictConfig, run_dir: Path, plan, extra=()) -> list:
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/top1",
                         mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False),
@@ -78,42 +79,33 @@ def _callbacks(cfg: DictConfig, run_dir: Path, plan) -> list:
         callbacks.append(EMAWeightAveraging(decay=cfg.ema.decay))
     if plan:
         callbacks.append(ProgressiveLearning(plan))
-    return callbacks
+    return callbacks + list(extra)
 
 
-def _loggers(run_dir: Path) -> list:
-    loggers = [CSVLogger(save_dir=run_dir, name="", version="")]
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-        import tensorboard  # noqa: F401 - optional
-        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False))
-    except ImportError:
-        pass
-    return loggers
-
-
-def build_trainer(cfg: DictConfig, run_dir: Path, plan) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, plan, callbacks=()) -> L.Trainer:
     options = dict(to_dict(cfg)["trainer"])
-    devices, nodes = options.get("devices", 1), options.get("num_nodes", 1)
-    many = (devices if isinstance(devices, int) else 2) * nodes > 1 or devices == -1
     options.setdefault("enable_progress_bar", True)
     try:
         return L.Trainer(
             **options,
             default_root_dir=str(run_dir),
-            logger=_loggers(run_dir),
-            callbacks=_callbacks(cfg, run_dir, plan),
+            logger=run_loggers(run_dir),
+            callbacks=_callbacks(cfg, run_dir, plan, callbacks),
             plugins=[AtomicCheckpointIO()],
-            sync_batchnorm=cfg.model.sync_bn if cfg.model.sync_bn is not None else many,
+            sync_batchnorm=plan_devices(cfg.trainer, cfg.model.sync_bn).sync_bn,
             deterministic=cfg.run.deterministic or None,
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
         raise FmbError(f"invalid trainer settings: {str(exc).splitlines()[0]}") from None
 
 
-def train(cfg: DictConfig, *, resume: str | Path | None = None) -> dict:
-    """Train one model as the config says; returns (and writes) the run's summary."""
+def train(cfg: DictConfig, *, resume: str | Path | None = None, callbacks=()) -> dict:
+    """Train one model as the config says; returns (and writes) the run's summary.
+
+    `callbacks` are extra Lightning callbacks (notebooks, tests) added after fmb's own.
+    """
     started = time.time()
+    plan_devices(cfg.trainer, cfg.model.sync_bn)  # fail on devices this machine lacks before any work
     ckpt_path = None
     if resume is not None:
         ckpt_path = str(last_checkpoint(Path(resume)))
@@ -147,7 +139,9 @@ def train(cfg: DictConfig, *, resume: str | Path | None = None) -> dict:
         from fmb.models.weights import load_into
         load_into(module.model, *pretrained, source=str(cfg.model.pretrained))
 
-    trainer = build_trainer(cfg, run_dir, plan)
+    trainer = build_trainer(cfg, run_dir, plan, callbacks)
+    # Before Lightning starts the other ranks: a rank with no batch would stall DDP.
+    check_rank_shares(datamodule.split_sizes(), trainer.world_size, cfg.data.batch_size)
     global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +219,15 @@ def load_run_config(run_dir: str | Path, overrides=()) -> DictConfig:
     if not path.is_file():
         last_checkpoint(Path(run_dir))  # names the more useful problem first
         raise FmbError(f"cannot resume {run_dir}: config.yaml is missing; expected a run directory made by fmb train")
-    return load_config([str(path)], list(overrides))
+    saved = load_config([str(path)])
+    cfg = load_config([str(path)], list(overrides))
+    # The checkpoint holds this model's weights and this optimizer's state: neither can change.
+    for key in ("optim.name", *(f"model.{k}" for k in saved.model)):
+        before, after = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if before != after:
+            raise FmbError(f"cannot resume {run_dir} with {key} changed ({before} → {after}); "
+                           "the checkpoint holds the old one — start a new run instead")
+    return cfg
 
 
 def next_step_hint(summary: dict) -> str:

@@ -20,16 +20,26 @@ def global_rank() -> int:
     return 0
 
 
+def _started_by_lightning() -> bool:
+    """A rank > 0 that Lightning's launcher started: it sets LOCAL_RANK (torchrun does too,
+    with its run id; SLURM sets SLURM_LOCALID instead). Not RANK/SLURM_PROCID: a child of a
+    single-task SLURM job inherits SLURM_PROCID=0."""
+    local = os.environ.get("LOCAL_RANK", "")
+    return local.isdigit() and int(local) > 0 and "TORCHELASTIC_RUN_ID" not in os.environ
+
+
 def decide_run_dir(explicit: str | None, name: str, root: str = "runs") -> Path:
     """`run.dir`, or runs/<name>/<id> where every rank must arrive at the same <id>.
 
     Lightning re-launches the command for ranks > 0 with our environment, so rank 0's
     choice travels in FMB_RUN_DIR. torchrun and SLURM start ranks independently: their
     shared run/job id names the directory instead of a clock that can differ by a second.
+    Rank 0 always decides afresh: a FMB_RUN_DIR left by an earlier run in this process (a
+    notebook) or inherited from a parent process must not send a new run into an old dir.
     """
     if explicit:
         return Path(explicit).expanduser().resolve()
-    if os.environ.get(RUN_DIR_ENV):
+    if os.environ.get(RUN_DIR_ENV) and _started_by_lightning():
         return Path(os.environ[RUN_DIR_ENV])
     run_id = None
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:

@@ -1,0 +1,65 @@
+"""Config loading: files merge in order, dotted overrides, and every mistake as one line."""
+import subprocess
+import sys
+
+import pytest
+
+from fmb.config import load_config
+from fmb.errors import FmbError
+
+
+def test_files_merge_in_order_then_overrides(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("model:\n  variant: efficientnetv2_b0\ndata:\n  batch_size: 16\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("data:\n  batch_size: 8\n")
+    cfg = load_config([a, b], ["optim.lr=0.5", "model.stage_overrides.4.kernel_size=5"])
+    assert cfg.model.variant == "efficientnetv2_b0" and cfg.data.batch_size == 8 and cfg.optim.lr == 0.5
+    assert dict(cfg.model.stage_overrides["4"]) == {"kernel_size": 5}
+    assert cfg.data.source == "digits"  # from configs/train.yaml
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.varient=efficientnetv2_m"], "unknown config key 'model.varient'.*did you mean 'model.variant'"),
+    (["data.batch_size=lots"], "wrong type for 'data.batch_size'"),
+    (["trainer.max_epoch=3"], "did you mean 'max_epochs'"),
+    (["optim.name=adamx"], "did you mean 'adamw'"),
+    (["model.blocks=FFMM"], "expected 6 letters"),
+    (["trainer.strategy=dpp"], "unknown trainer.strategy"),
+    (["data.val_fraction=1.5"], r"\(0, 1\)"),
+    (["trainer.logger=false"], "set by fmb"),
+    (["nonsense"], "expected key=value"),
+])
+def test_bad_overrides(overrides, message):
+    with pytest.raises(FmbError, match=message) as info:
+        load_config([], overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_yaml_names_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  variant: efficientnetv2_s\n  blocks: [FFF\n")
+    with pytest.raises(FmbError, match=r"malformed YAML in .*bad.yaml at line \d+, column \d+"):
+        load_config([bad])
+
+
+def test_missing_config_file_suggests_nearest(tmp_path):
+    (tmp_path / "digits_v2s.yaml").write_text("{}\n")
+    with pytest.raises(FmbError, match="config file not found.*did you mean 'digits_v2s.yaml'"):
+        load_config([tmp_path / "digit_v2s.yaml"])
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for path in sorted((root / "experiment").glob("*.yaml")) + sorted((root / "data").glob("*.yaml")):
+        load_config([path])
+
+
+def test_print_config_and_cli_errors_exit_2(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "fmb", "train", "--print-config", "model.variant=efficientnetv2_m"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "efficientnetv2_m" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "fmb", "train", "model.varient=x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 'model.variant'" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,139 @@
+"""Training runs end to end on CPU: run dir contents, train→eval round trip, resume, EMA, errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_train_overrides
+from fmb.config import load_config
+from fmb.errors import FmbError
+from fmb.training.evaluate import evaluate
+from fmb.training.run import train
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fmb", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny two-epoch run shared by the checks that only read it."""
+    from conftest import write_image_folder
+    root = tmp_path_factory.mktemp("run")
+    images, run_dir = write_image_folder(root / "images"), root / "r"
+    cfg = load_config([], tiny_train_overrides(images, run_dir, **{"trainer.max_epochs": 2}))
+    return train(cfg), run_dir
+
+
+def test_run_dir_holds_config_checkpoints_metrics_summary(trained):
+    summary, run_dir = trained
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert not list(run_dir.rglob("*.tmp"))  # atomic writes leave no temp files behind
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["val_top1"] == summary["val_top1"] and 0 <= saved["val_top1"] <= 1
+    assert saved["global_batch_size"] == 8 and saved["params"] > 0 and saved["train_images_per_sec"] > 0
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "val/top1" in header and "train/loss_step" in header and "lr-" in header
+
+
+def test_eval_of_checkpoint_matches_logged_val_top1(trained):
+    summary, run_dir = trained
+    result = evaluate(run_dir / "checkpoints" / "last.ckpt")
+    assert result["top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
+    assert result["examples"] == 9  # 25% of 36 images, stratified
+    assert len(result["per_class"]) == 3 and sum(c["support"] for c in result["per_class"]) == 9
+
+
+def test_eval_cli_json_and_confusion(trained, tmp_path):
+    _, run_dir = trained
+    out = run_cli("eval", str(run_dir / "checkpoints" / "last.ckpt"), "--json", str(tmp_path / "e.json"),
+                  "--confusion", str(tmp_path / "cm.png"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert {"top1", "top5", "loss", "per_class", "examples", "split"} <= set(result)
+    assert result["top5"] is None  # only 3 classes
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_epochs_and_optimizer_state(image_folder, tmp_path):
+    straight = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "straight",
+                                                         **{"trainer.max_epochs": 2})))
+    first = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "split")))
+    assert first["epochs"] == 1
+    # The first run stopped after one epoch (as if interrupted); resume it with the full budget.
+    out = run_cli("train", "--resume", str(tmp_path / "split"), "trainer.max_epochs=2")
+    assert out.returncode == 0, out.stderr
+    resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert resumed["epochs"] == 2 and resumed["global_step"] == straight["global_step"]
+    ckpt = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
+    steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert steps == {straight["global_step"]}  # AdamW state carried over, not restarted
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2
+    rows = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert sum(r.startswith(("0,", "1,")) and "," in r for r in rows) >= 2  # both epochs' history kept
+    # Same seed, same data order: the resumed run ends where the uninterrupted one did.
+    assert resumed["val_top1"] == pytest.approx(straight["val_top1"], abs=1e-6)
+
+
+def test_ema_weights_differ_from_raw_and_eval_can_pick_either(image_folder, tmp_path):
+    cfg = load_config([], tiny_train_overrides(image_folder, tmp_path / "ema",
+                                               **{"ema.enabled": True, "ema.decay": 0.5}))
+    summary = train(cfg)
+    assert summary["val_raw_top1"] is not None  # validation reports the raw model too
+    ckpt = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", weights_only=True)
+    ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema if k.endswith("weight"))
+    with_ema = evaluate(tmp_path / "ema" / "checkpoints" / "last.ckpt", ema=True)
+    without = evaluate(tmp_path / "ema" / "checkpoints" / "last.ckpt", ema=False)
+    assert with_ema["top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
+    assert without["top1"] == pytest.approx(summary["val_raw_top1"], abs=1e-6)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(image_folder, tmp_path, monkeypatch):
+    from fmb.training.module import ImageClassifier
+    run_dir = tmp_path / "nan"
+    train(load_config([], tiny_train_overrides(image_folder, run_dir)))
+    before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    changed = run_cli("train", "--resume", str(run_dir), "trainer.max_epochs=2", "optim.name=sgd")
+    assert changed.returncode == 2 and "optim.name changed (adamw → sgd)" in changed.stderr
+
+    honest_loss = ImageClassifier.loss
+
+    def diverging_loss(self, logits, targets):  # the second epoch blows up
+        loss = honest_loss(self, logits, targets)
+        return loss * float("nan") if self.trainer.current_epoch >= 1 else loss
+
+    monkeypatch.setattr(ImageClassifier, "loss", diverging_loss)
+    with pytest.raises(FmbError, match=r"loss became nan at step 3 \(epoch 1\)") as info:
+        train(load_config([str(run_dir / "config.yaml")], ["trainer.max_epochs=2"]), resume=run_dir)
+    assert info.value.exit_code == 1
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_bad_inputs_through_the_cli(image_folder, tmp_path):
+    missing = run_cli("train", "--resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    (tmp_path / "empty_run").mkdir()
+    (tmp_path / "empty_run" / "config.yaml").write_text("{}\n")
+    empty = run_cli("train", "--resume", str(tmp_path / "empty_run"))
+    assert empty.returncode == 2 and "no checkpoints/last.ckpt" in empty.stderr
+    not_ckpt = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, not_ckpt)
+    foreign = run_cli("eval", str(not_ckpt))
+    assert foreign.returncode == 2 and "not an fmb checkpoint" in foreign.stderr
+    for result in (missing, empty, foreign):
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_classes_must_match_the_data(trained, tmp_path):
+    _, run_dir = trained
+    from conftest import write_image_folder
+    other = write_image_folder(tmp_path / "other", classes=("a", "b", "c", "d"), per_class=4)
+    with pytest.raises(FmbError, match="trained on 3 classes.*has 4"):
+        evaluate(run_dir / "checkpoints" / "last.ckpt", data_overrides={"source": str(other)})
