@@ -105,6 +105,9 @@ def train_cmd(
     from fmb.training.run import next_step_hint, train
 
     summary = train(cfg, resume=resume)
+    from lightning.pytorch.utilities import rank_zero_only
+    if rank_zero_only.rank != 0:  # under DDP every rank returns here; report once
+        return
     if summary["status"] != "completed":
         raise FmbError(f"run {summary['status']}: {summary['run_dir']}", exit_code=1)
     console.print(f"[bold green]done[/] {summary['run_dir']}  val top-1 {summary['val_top1']:.4f} "

@@ -62,11 +62,12 @@ def check_inputs(model_kwargs: dict, *, resolution, batch_size, device, precisio
 
 
 def _prepare(model, *, device, channels_last, compile, fast):
-    """(train model, inference model): the fast path folds BN and goes channels_last."""
-    fmt = torch.channels_last if channels_last or fast else torch.contiguous_format
+    """(train model, inference model, eager inference model): the fast path folds BN and
+    goes channels_last for inference; training is only ever changed by the explicit flags."""
     train_model = model.to(device)
     infer_model = fuse_bn(train_model) if fast else train_model
-    infer_model = infer_model.to(memory_format=fmt)
+    if channels_last or fast:
+        infer_model = infer_model.to(memory_format=torch.channels_last)
     if channels_last:
         train_model = train_model.to(memory_format=torch.channels_last)
     if compile:
@@ -79,13 +80,14 @@ def _measure(model_kwargs, batch_size, opts, result) -> None:
     model = create_model(**model_kwargs)
     train_model, infer_model, eager_infer = _prepare(model, device=device, channels_last=opts["channels_last"],
                                                      compile=opts["compile"], fast=opts["fast"])
-    fmt = torch.channels_last if opts["channels_last"] or opts["fast"] else torch.contiguous_format
     res = opts["resolution"]
-    x = torch.randn(batch_size, model.conv_stem.in_channels, res, res, device=device).to(memory_format=fmt)
+    x = torch.randn(batch_size, model.conv_stem.in_channels, res, res, device=device)
+    x_infer = x.to(memory_format=torch.channels_last) if opts["channels_last"] or opts["fast"] else x
+    x = x.to(memory_format=torch.channels_last) if opts["channels_last"] else x
     y = torch.randint(0, model.num_classes or model.num_features, (batch_size,), device=device)
     timing = {"warmup": opts["warmup"], "iters": opts["iters"], "device": device}
     if mode in ("infer", "both"):
-        stats = measure(make_infer_step(infer_model, x, precision), **timing)
+        stats = measure(make_infer_step(infer_model, x_infer, precision), **timing)
         result.update(infer_latency_ms=stats["median_ms"], infer_images_per_sec=batch_size / stats["median_ms"] * 1e3,
                       infer_latency_spread_ms={k: v for k, v in stats.items() if k != "median_ms"})
     if mode in ("train", "both"):
@@ -97,7 +99,7 @@ def _measure(model_kwargs, batch_size, opts, result) -> None:
         mb, source = peak_train_memory(model, step, device, act)
         result.update(peak_train_memory_mb=mb, peak_train_memory_source=source)
     if opts["per_stage"]:
-        result["stages"] = stage_rows(model, eager_infer, x, precision=precision, device=device,
+        result["stages"] = stage_rows(model, eager_infer, x_infer, precision=precision, device=device,
                                       warmup=opts["warmup"], iters=opts["iters"])
     result["batch_size"] = batch_size
 

@@ -1,0 +1,67 @@
+"""Progressive learning: the paper's per-stage values, their scaling, and their effect in training."""
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from fmb.data import build_datamodule
+from fmb.training.module import ImageClassifier
+from fmb.training.progressive import ProgressiveLearning, plan_stages
+
+
+def test_v2s_at_imagenet_scale_is_table_6():
+    plan = plan_stages("efficientnetv2_s", max_epochs=350, stages=4, max_image_size=300)
+    assert [v.image_size for v in plan] == [128, 185, 243, 300]
+    assert [v.randaugment_magnitude for v in plan] == pytest.approx([5, 8.333, 11.667, 15], abs=1e-3)
+    assert [v.mixup_alpha for v in plan] == [0, 0, 0, 0]
+    assert [v.dropout for v in plan] == pytest.approx([0.1, 0.1667, 0.2333, 0.3], abs=1e-4)
+    assert plan[0].first_epoch == 0 and plan[-1].last_epoch == 349
+    assert all(a.last_epoch + 1 == b.first_epoch for a, b in zip(plan, plan[1:]))
+
+
+@pytest.mark.parametrize("variant, size, mixup, dropout", [
+    ("efficientnetv2_m", (128, 380), (0, 0.2), (0.1, 0.4)),
+    ("efficientnetv2_l", (128, 380), (0, 0.4), (0.1, 0.5)),
+    ("efficientnetv2_xl", (128, 380), (0, 0.4), (0.1, 0.5)),
+])
+def test_m_and_l_presets(variant, size, mixup, dropout):
+    plan = plan_stages(variant, max_epochs=8, stages=4, max_image_size=size[1])
+    assert (plan[0].image_size, plan[-1].image_size) == size
+    assert (plan[0].mixup_alpha, plan[-1].mixup_alpha) == mixup
+    assert (plan[0].dropout, plan[-1].dropout) == dropout
+
+
+def test_sizes_scale_to_small_native_resolution():
+    plan = plan_stages("efficientnetv2_s", max_epochs=8, stages=4, max_image_size=32)
+    assert [v.image_size for v in plan] == [16, 21, 27, 32]  # CIFAR is not trained at 300 px
+    explicit = plan_stages("efficientnetv2_s", 8, 4, 32, {"min_image_size": 24, "max_dropout": 0.5})
+    assert explicit[0].image_size == 24 and explicit[-1].dropout == 0.5
+
+
+def test_never_an_empty_stage():
+    plan = plan_stages("efficientnetv2_s", max_epochs=3, stages=4, max_image_size=64)
+    assert len(plan) == 3 and [(v.first_epoch, v.last_epoch) for v in plan] == [(0, 0), (1, 1), (2, 2)]
+
+
+class Record(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.current_epoch, batch[0].shape[-1], pl_module.model.dropout.p))
+
+
+def test_stage_values_reach_the_batches_and_the_dropout(image_folder):
+    plan = plan_stages("efficientnetv2_s", max_epochs=2, stages=2, max_image_size=32)
+    dm = build_datamodule({"source": str(image_folder), "image_size": 32, "batch_size": 8, "num_workers": 0,
+                           "val_fraction": 0.25})
+    module = ImageClassifier({"name": "efficientnetv2_s", "width_mult": 0.25, "depth_mult": 0.25},
+                             dm.num_classes, data={"batch_size": 8})
+    record = Record()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ProgressiveLearning(plan), record])
+    trainer.fit(module, datamodule=dm)
+    by_epoch = {epoch: (size, p) for epoch, size, p in record.seen}
+    assert by_epoch == {0: (16, 0.1), 1: (32, 0.3)}
+    assert len({(e, s) for e, s, _ in record.seen}) == 2  # every batch of an epoch at its stage's size
+    assert trainer.callback_metrics["progressive/image_size"] == 32
