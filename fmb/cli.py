@@ -86,7 +86,7 @@ def train_cmd(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run directory from its last.ckpt."),
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit."),
 ):
-    """Train a model: `fmb train [-c FILE ...] [key=value ...]` (no arguments: V2-S on digits)."""
+    """Train a model: fmb train -c FILE ... key=value ... (no arguments: V2-S on digits)."""
     from fmb.config import load_config, to_yaml
 
     overrides = list(ctx.args)

@@ -27,7 +27,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 class ModelConfig:
     variant: str = "efficientnetv2_s"
     blocks: Optional[str] = None  # placement string, e.g. FFFMMM; None = the variant's own
-    stage_overrides: dict[str, Any] = field(default_factory=dict)  # {stage_number: {field: value}}
+    stage_overrides: dict[Any, Any] = field(default_factory=dict)  # {stage_number: {field: value}}
     width_mult: Optional[float] = None
     depth_mult: Optional[float] = None
     drop_rate: Optional[float] = None  # None = the variant's dropout (or the progressive schedule's)
@@ -65,6 +65,8 @@ class AugConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.1
+    crop_scale_min: float = 0.08  # RandomResizedCrop's smallest area; tiny images need more
+    hflip: bool = True  # off where mirroring changes the class (digits, text)
 
 
 @dataclass
@@ -143,7 +145,7 @@ _TRAINER_OWNED = {"logger": "fmb logs to the run dir", "callbacks": "fmb builds 
                   "deterministic": "use run.deterministic"}
 
 
-def _read_yaml(path: Path) -> DictConfig:
+def read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         hint = nearest(path.name, [p.name for p in path.parent.glob("*.yaml")]) if path.parent.is_dir() else ""
         raise FmbError(f"config file not found: {path}; expected a YAML file such as "
@@ -202,6 +204,11 @@ def _schema_type(full_key: str) -> str:
     return str(obj).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+def override_to_nested(text: str) -> dict:
+    """'a.b.c=value' → {'a': {'b': {'c': value}}}, the value parsed as YAML."""
+    return _dotted_to_nested(*_parse_override(text))
+
+
 def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text or text.startswith("="):
         raise FmbError(f"cannot parse override '{text}'; expected key=value, e.g. model.variant=efficientnetv2_m")
@@ -214,8 +221,11 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def _dotted_to_nested(key: str, value) -> dict:
+    parts = key.split(".")
+    if parts[:2] == ["model", "stage_overrides"] and len(parts) > 2 and parts[2].isdigit():
+        parts[2] = int(parts[2])  # same key as YAML's `{4: {...}}`, so the two merge
     nested: Any = value
-    for part in reversed(key.split(".")):
+    for part in reversed(parts):
         nested = {part: nested}
     return nested
 
@@ -225,13 +235,12 @@ def load_config(files=(), overrides=(), *, defaults: bool = True) -> DictConfig:
     cfg = OmegaConf.structured(TrainConfig)
     default_file = CONFIG_DIR / "train.yaml"
     if defaults and default_file.is_file():
-        cfg = _merge(cfg, _read_yaml(default_file), str(default_file))
+        cfg = _merge(cfg, read_yaml(default_file), str(default_file))
     for file in files:
         path = Path(file)
-        cfg = _merge(cfg, _read_yaml(path), str(path))
+        cfg = _merge(cfg, read_yaml(path), str(path))
     for text in overrides:
-        key, value = _parse_override(text)
-        cfg = _merge(cfg, _dotted_to_nested(key, value), f"override '{text}'")
+        cfg = _merge(cfg, override_to_nested(text), f"override '{text}'")
     validate(cfg)
     return cfg
 

@@ -13,13 +13,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from fmb.ablation.plan import (
     DEFAULT_EXHAUSTIVE_CAP, Trial, generate_placements, make_trials, parse_placements, parse_seeds,
     trial_stage_overrides,
 )
+from fmb.config import override_to_nested, read_yaml
 from fmb.errors import FmbError, choice_error
 from fmb.models import build_stages, get_variant
 
@@ -87,33 +87,14 @@ class Study:
 
 
 def _read_yaml(path: str) -> DictConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise FmbError(f"config file '{path}' not found; expected a YAML file such as configs/ablate/digits_quick.yaml")
-    try:
-        cfg = OmegaConf.load(p)
-    except Exception as exc:  # yaml.YAMLError and friends: report, don't trace
-        raise FmbError(f"cannot read config file '{path}': {str(exc).splitlines()[0]}") from None
-    if not isinstance(cfg, DictConfig):
-        raise FmbError(f"config file '{path}' must be a mapping of sections (model:, data:, ablate:, ...)")
-    return cfg
+    return read_yaml(Path(path))  # the same reader and one-line errors as fmb train
 
 
 def _dotlist(items: list[str]) -> DictConfig:
-    """key=value items → nested config; values parsed as YAML, the way fmb train parses them."""
+    """key=value items → nested config, parsed the way fmb train parses them."""
     out = OmegaConf.create({})
     for item in items:
-        if "=" not in item or item.startswith("="):
-            raise FmbError(f"invalid override '{item}': expected key=value, e.g. trainer.max_epochs=3")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        nested = value
-        for part in reversed(key.strip().split(".")):
-            nested = {part: nested}
-        out = OmegaConf.merge(out, nested)
+        out = OmegaConf.merge(out, override_to_nested(item))
     return out
 
 

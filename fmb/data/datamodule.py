@@ -74,7 +74,7 @@ class ImageDataModule(L.LightningDataModule):
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0, cache_dir: str | None = None,
                  on_bad_image: str = "error", synthetic_size: int = 512, synthetic_classes: int = 10,
                  pin_memory: bool | None = None, persistent_workers: bool | None = None,
-                 shuffle_buffer: int = 1000):
+                 shuffle_buffer: int = 1000, crop_scale_min: float = 0.08, hflip: bool = True):
         super().__init__()
         if not 0 < val_fraction < 1:
             raise FmbError(f"data.val_fraction={val_fraction} is outside (0, 1); expected e.g. 0.1")
@@ -93,6 +93,9 @@ class ImageDataModule(L.LightningDataModule):
         self.val_fraction, self.seed, self.cache_dir = float(val_fraction), int(seed), cache_dir
         self.image_column, self.label_column = image_column, label_column
         self.crop_ratio, self.batch_size, self.num_workers = float(crop_ratio), int(batch_size), int(num_workers)
+        if not 0 < crop_scale_min <= 1:
+            raise FmbError(f"aug.crop_scale_min={crop_scale_min} is outside (0, 1]; expected e.g. 0.08 (ImageNet)")
+        self.crop_scale_min, self.hflip = float(crop_scale_min), bool(hflip)
         self.on_bad_image, self.shuffle_buffer = on_bad_image, int(shuffle_buffer)
         self.synthetic_size, self.synthetic_classes = int(synthetic_size), int(synthetic_classes)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
@@ -271,7 +274,8 @@ class ImageDataModule(L.LightningDataModule):
         where = f"split '{split}' of data.source '{self.source}'"
         if role == "val" and split == self.train_split:
             where += f" (its held-out {self.val_fraction:g} for validation)"
-        transform = StateTransform(self.state, train=train, crop_ratio=self.crop_ratio)
+        transform = StateTransform(self.state, train=train, crop_ratio=self.crop_ratio,
+                                   crop_scale_min=self.crop_scale_min, hflip=self.hflip)
         if not self.streaming:
             return MapImageSet(hf, self.columns, transform, self.state, self.on_bad_image, where, indices)
         rank, world = _rank_and_world(self.trainer)
@@ -354,7 +358,7 @@ _DATA_KEYS = ("source", "name", "train_split", "val_split", "test_split", "val_f
               "label_column", "image_size", "eval_image_size", "crop_ratio", "batch_size", "num_workers",
               "streaming", "seed", "cache_dir", "on_bad_image", "synthetic_size", "synthetic_classes",
               "pin_memory", "persistent_workers", "shuffle_buffer")
-_AUG_KEYS = ("randaugment_magnitude", "mixup_alpha", "cutmix_alpha")
+_AUG_KEYS = ("randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "crop_scale_min", "hflip")
 _AUG_IGNORED = ("label_smoothing",)  # the loss's, not the data's
 
 

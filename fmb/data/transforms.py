@@ -159,10 +159,17 @@ def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).sub_(mean).div_(std)  # in place: one float buffer per batch
 
 
-def build_train_transform(image_size: int, randaugment_magnitude: float = 0.0, normalize: bool = True) -> T.Compose:
-    """RandomResizedCrop → flip → RandAugment(2, m) when m > 0 → float → ImageNet normalize."""
-    steps = [T.RandomResizedCrop(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
-             T.RandomHorizontalFlip()]
+def build_train_transform(image_size: int, randaugment_magnitude: float = 0.0, normalize: bool = True,
+                          crop_scale_min: float = 0.08, hflip: bool = True) -> T.Compose:
+    """RandomResizedCrop → flip → RandAugment(2, m) when m > 0 → float → ImageNet normalize.
+
+    `crop_scale_min` is the smallest crop area (0.08 is ImageNet's; tiny images such as
+    digits need more of the object kept); `hflip=False` for data where mirroring changes
+    the class (digits, text)."""
+    steps = [T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), interpolation=InterpolationMode.BICUBIC,
+                                 antialias=True)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
     if randaugment_magnitude > 0:
         steps.append(T.RandAugment(num_ops=2, magnitude=int(round(randaugment_magnitude))))
     return T.Compose(steps + _tail(normalize))
@@ -179,8 +186,10 @@ class StateTransform:
     """Per-image transform that follows an AugmentState (rebuilt when its version changes).
     It yields uint8 tensors; `Collate` normalizes the batch."""
 
-    def __init__(self, state: AugmentState, train: bool, crop_ratio: float = 0.875):
+    def __init__(self, state: AugmentState, train: bool, crop_ratio: float = 0.875, crop_scale_min: float = 0.08,
+                 hflip: bool = True):
         self.state, self.train, self.crop_ratio = state, train, crop_ratio
+        self.crop_scale_min, self.hflip = crop_scale_min, hflip
         self._version, self._transform = -1, None
 
     def current(self) -> T.Compose:
@@ -188,7 +197,8 @@ class StateTransform:
         if version != self._version:
             if self.train:
                 self._transform = build_train_transform(self.state.image_size,
-                                                        self.state.get("randaugment_magnitude"), normalize=False)
+                                                        self.state.get("randaugment_magnitude"), normalize=False,
+                                                        crop_scale_min=self.crop_scale_min, hflip=self.hflip)
             else:
                 self._transform = build_eval_transform(self.state.eval_image_size, self.crop_ratio, normalize=False)
             self._version = version
