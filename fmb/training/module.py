@@ -38,8 +38,9 @@ class ImageClassifier(L.LightningModule):
         self.sched_cfg = sched or {"name": "constant", "warmup_epochs": 0}
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # Compile the forward only: state-dict keys stay those of the plain model.
-        self._forward = torch.compile(self.model) if compile else self.model
+        # Compile the forward only, kept out of the registered submodules so the state dict
+        # holds one copy of the weights, under `model.`.
+        self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
         self.val_raw_metrics = accuracy_metrics(num_classes).clone(prefix="val_raw/")
         self.test_metrics = accuracy_metrics(num_classes).clone(prefix="test/")
@@ -51,7 +52,7 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._forward(x)
+        return (self.model if self._compiled is None else self._compiled)(x)
 
     def loss(self, logits, targets):
         # Works for class indices and for MixUp/CutMix soft targets alike.
