@@ -15,7 +15,7 @@ def test_files_merge_in_order_then_overrides(tmp_path):
     b.write_text("data:\n  batch_size: 8\n")
     cfg = load_config([a, b], ["optim.lr=0.5", "model.stage_overrides.4.kernel_size=5"])
     assert cfg.model.variant == "efficientnetv2_b0" and cfg.data.batch_size == 8 and cfg.optim.lr == 0.5
-    assert dict(cfg.model.stage_overrides["4"]) == {"kernel_size": 5}
+    assert dict(cfg.model.stage_overrides[4]) == {"kernel_size": 5}  # same key as YAML {4: ...}
     assert cfg.data.source == "digits"  # from configs/train.yaml
 
 
