@@ -23,7 +23,7 @@ def overrides(args, run_dir: str) -> list[str]:
         f"model.variant={args.variant}", f"model.width_mult={args.width_mult}", f"model.depth_mult={args.depth_mult}",
         "data.source=synthetic", f"data.image_size={args.image_size}", f"data.eval_image_size={args.image_size}",
         f"data.batch_size={args.batch_size}", f"data.num_workers={args.num_workers}",
-        "optim.name=adamw", "optim.lr=0.001", "optim.lr_per_256=false", "aug.label_smoothing=0.1",
+        "optim.name=adamw", "optim.lr=0.001", "optim.lr_per_256=false", "aug.label_smoothing=0.1", "ema.enabled=false",
         f"trainer.max_epochs={args.epochs}", f"trainer.limit_train_batches={args.steps}",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", f"run.dir={run_dir}",
@@ -56,10 +56,11 @@ def plain_rate(args) -> float:
     model = create_model(args.variant, num_classes=dm.num_classes, width_mult=args.width_mult,
                          depth_mult=args.depth_mult).train()
     optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
-    rates = []
+    rates, loader = [], dm.train_dataloader()
     for _ in range(args.epochs):
+        iterator = iter(loader)  # as in Lightning, the clock starts after the iterator exists
         count, start = 0, time.perf_counter()
-        for step, (images, targets) in enumerate(dm.train_dataloader()):
+        for step, (images, targets) in enumerate(iterator):
             if step == args.steps:
                 break
             loss = F.cross_entropy(model(images), targets, label_smoothing=0.1)
