@@ -83,7 +83,7 @@ def models_cmd(
 def train_cmd(
     ctx: typer.Context,
     config: Optional[list[Path]] = typer.Option(None, "--config", "-c", help="YAML files, merged in order."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run directory from its last.ckpt."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run: its directory (from last.ckpt) or one of its .ckpt files."),
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit."),
 ):
     """Train a model: fmb train -c FILE ... key=value ... (no arguments: V2-S on digits)."""
@@ -92,7 +92,7 @@ def train_cmd(
     overrides = list(ctx.args)
     for arg in overrides:
         if arg.startswith("-"):
-            raise FmbError(f"unknown option '{arg}'; expected -c FILE, --resume DIR, --print-config or key=value")
+            raise FmbError(f"unknown option '{arg}'; expected -c FILE, --resume RUN_DIR|CKPT, --print-config or key=value")
     if resume is not None:
         from fmb.training.run import load_run_config
         cfg = load_run_config(resume, overrides)
@@ -110,8 +110,11 @@ def train_cmd(
         return
     if summary["status"] != "completed":
         raise FmbError(f"run {summary['status']}: {summary['run_dir']}", exit_code=1)
-    console.print(f"[bold green]done[/] {summary['run_dir']}  val top-1 {summary['val_top1']:.4f} "
-                  f"(best {summary['best_val_top1']:.4f}), {summary['epochs']} epochs, "
+    def pct(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    console.print(f"[bold green]done[/] {summary['run_dir']}  val top-1 {pct(summary['val_top1'])} "
+                  f"(best {pct(summary['best_val_top1'])}), {summary['epochs']} epochs, "
                   f"{summary['train_images_per_sec']} img/s, {summary['wall_time_s']:.0f} s")
     console.print(next_step_hint(summary))
 

@@ -80,6 +80,25 @@ def test_resume_continues_epochs_and_optimizer_state(image_folder, tmp_path):
     assert resumed["val_top1"] == pytest.approx(straight["val_top1"], abs=1e-6)
 
 
+def test_fast_dev_run_through_the_cli(image_folder, tmp_path):
+    out = run_cli("train", *tiny_train_overrides(image_folder, tmp_path / "fdr", **{"trainer.fast_dev_run": True}))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "fdr" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == 1
+
+
+def test_resume_from_a_checkpoint_file(trained, tmp_path):
+    import shutil
+    _, run_dir = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    best = next((copy / "checkpoints").glob("best-*.ckpt"))
+    out = run_cli("train", "--resume", str(best), "trainer.max_epochs=3")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["run_dir"] == str(copy)
+
+
 def test_ema_weights_differ_from_raw_and_eval_can_pick_either(image_folder, tmp_path):
     cfg = load_config([], tiny_train_overrides(image_folder, tmp_path / "ema",
                                                **{"ema.enabled": True, "ema.decay": 0.5}))

@@ -18,7 +18,7 @@ from fmb.training.distributed import check_rank_shares, plan_devices
 from fmb.training.loggers import run_loggers
 from fmb.training.module import ImageClassifier
 from fmb.training.progressive import ProgressiveLearning, plan_stages
-from fmb.training.rundir import AtomicCheckpointIO, decide_run_dir, last_checkpoint
+from fmb.training.rundir import AtomicCheckpointIO, decide_run_dir, resume_point
 from fmb.utils import atomic_write_text, rank_zero_print
 
 UPSCALE_LIMIT = 4  # upscaling small images further adds compute, not information
@@ -108,8 +108,8 @@ def train(cfg: DictConfig, *, resume: str | Path | None = None, callbacks=()) ->
     plan_devices(cfg.trainer, cfg.model.sync_bn)  # fail on devices this machine lacks before any work
     ckpt_path = None
     if resume is not None:
-        ckpt_path = str(last_checkpoint(Path(resume)))
-        run_dir = Path(resume).resolve()
+        run_dir, ckpt = resume_point(Path(resume))
+        ckpt_path = str(ckpt)
     else:
         source_name = Path(str(cfg.data.source)).name or "data"
         run_dir = decide_run_dir(cfg.run.dir, cfg.run.name or f"{cfg.model.variant}-{source_name}")
@@ -213,11 +213,11 @@ def summarize(trainer, module, cfg, run_dir, status, error, started, global_batc
     }
 
 
-def load_run_config(run_dir: str | Path, overrides=()) -> DictConfig:
-    """The saved config of a run (for --resume), with extra overrides such as more epochs."""
-    path = Path(run_dir) / "config.yaml"
+def load_run_config(resume: str | Path, overrides=()) -> DictConfig:
+    """The saved config of the run being resumed, with extra overrides such as more epochs."""
+    run_dir, _ = resume_point(Path(resume))
+    path = run_dir / "config.yaml"
     if not path.is_file():
-        last_checkpoint(Path(run_dir))  # names the more useful problem first
         raise FmbError(f"cannot resume {run_dir}: config.yaml is missing; expected a run directory made by fmb train")
     saved = load_config([str(path)])
     cfg = load_config([str(path)], list(overrides))

@@ -57,14 +57,24 @@ def decide_run_dir(explicit: str | None, name: str, root: str = "runs") -> Path:
     return path
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if not Path(run_dir).is_dir():
-        raise FmbError(f"cannot resume: run directory {run_dir} does not exist; expected a directory made by fmb train")
+def resume_point(path: Path) -> tuple[Path, Path]:
+    """(run dir, checkpoint) for `--resume PATH`: a run directory (its last.ckpt) or a .ckpt in
+    a run's checkpoints/ directory (e.g. the best one)."""
+    path = Path(path).expanduser().resolve()
+    if path.is_file() and path.suffix == ".ckpt":
+        run_dir = path.parent.parent
+        if not (run_dir / "config.yaml").is_file():
+            raise FmbError(f"cannot resume from {path}: expected it in <run dir>/checkpoints/ next to the "
+                           "run's config.yaml (a checkpoint written by fmb train)")
+        return run_dir, path
+    if not path.is_dir():
+        raise FmbError(f"cannot resume: {path} does not exist; expected a run directory made by fmb train "
+                       "or a .ckpt inside one")
+    ckpt = path / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        raise FmbError(f"cannot resume {run_dir}: no checkpoints/last.ckpt there (the run stopped before "
+        raise FmbError(f"cannot resume {path}: no checkpoints/last.ckpt there (the run stopped before "
                        "its first epoch ended); start a new run without --resume")
-    return ckpt
+    return path, ckpt
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
