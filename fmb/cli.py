@@ -50,6 +50,14 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
         os.environ["FMB_DEBUG"] = "1"
 
 
+def check_outputs(**paths) -> None:
+    """Refuse unusable output paths before any work, not after it."""
+    for option, path in paths.items():
+        if path is not None and Path(path).is_dir():
+            raise FmbError(f"--{option.replace('_', '-')} {path} is a directory; expected a file path such as "
+                           f"{Path(path) / ('result.json' if option == 'json' else 'plot.png')}")
+
+
 def write_json(path: Path, payload) -> None:
     """Write JSON atomically: a temp file renamed into place, so no half-written results."""
     from fmb.utils import atomic_write_text
@@ -65,6 +73,7 @@ def models_cmd(
     from fmb.models import get_variant
     from fmb.profiling.catalog import describe_variants
 
+    check_outputs(json=json_path)
     for name in variant or []:
         get_variant(name)  # fail on a bad name before any work
     rows = describe_variants(variant or None)
@@ -132,6 +141,7 @@ def eval_cmd(
     """Evaluate a checkpoint: top-1, top-5, loss and per-class accuracy."""
     from fmb.training.evaluate import evaluate, plot_confusion
 
+    check_outputs(json=json_path, confusion=confusion)
     overrides = {}
     for item in data or []:
         key, _, value = item.partition("=")
@@ -179,6 +189,7 @@ def profile_cmd(
     """Params, FLOPs, speed and memory, in total and per stage; MBConv vs Fused per stage."""
     from fmb.profiling.command import run_profile
 
+    check_outputs(json=json_path, plot=plot_path)
     run_profile(variant=variant, blocks=blocks, sets=sets, width_mult=width_mult, depth_mult=depth_mult,
                 num_classes=num_classes, resolution=resolution, batch_size=batch_size, mode=mode, device=device,
                 precision=precision, channels_last=channels_last, compile=compile, fast=fast,
@@ -203,6 +214,7 @@ def ablate_cmd(
     """Block-placement ablation: which stages use Fused-MBConv. Table, CSV and plots in --out."""
     from fmb.ablation import run_ablation
 
+    check_outputs(json=json_path)
     result = run_ablation(config or [], overrides or [], placements=placements, sweep=sweep, seeds=seeds,
                           profile_only=profile_only, out=out, resume=resume, fail_fast=fail_fast, force=force,
                           json_path=json_path, console=err_console)

@@ -146,12 +146,17 @@ _TRAINER_OWNED = {"logger": "fmb logs to the run dir", "callbacks": "fmb builds 
 
 
 def read_yaml(path: Path) -> DictConfig:
+    if path.is_dir():
+        raise FmbError(f"config path {path} is a directory; expected a YAML file such as "
+                       "configs/experiment/digits_v2s.yaml")
     if not path.is_file():
         hint = nearest(path.name, [p.name for p in path.parent.glob("*.yaml")]) if path.parent.is_dir() else ""
         raise FmbError(f"config file not found: {path}; expected a YAML file such as "
                        f"configs/experiment/digits_v2s.yaml{hint}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FmbError(f"config file {path} is not UTF-8 text; expected a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -186,7 +191,9 @@ def _merge(base: DictConfig, other, origin: str) -> DictConfig:
         if exc.full_key:
             ref = _schema_type(exc.full_key)
             expected = f"; expected {ref}" if ref else ""
-        raise FmbError(f"wrong type for '{exc.full_key}' in {origin}: {exc.msg.splitlines()[0]}{expected}") from None
+        detail = (exc.msg or str(exc) or type(exc).__name__).splitlines()[0]
+        raise FmbError(f"wrong type for '{exc.full_key or 'a section'}' in {origin}: {detail}{expected} "
+                       "(sections such as model: hold a mapping of keys)") from None
     except OmegaConfBaseException as exc:
         raise FmbError(f"invalid config in {origin}: {str(exc).splitlines()[0]}") from None
 
@@ -285,6 +292,32 @@ def validate(cfg: DictConfig) -> None:
         raise FmbError(f"invalid ema.decay={cfg.ema.decay}; expected a number in (0, 1), e.g. 0.9999")
 
 
+# Lightning checks these only once training is under way; check them while it is cheap.
+_INT = (int,)
+_TRAINER_TYPES = {
+    "max_epochs": (_INT, "an integer number of epochs, e.g. 10 (-1 for no limit)"),
+    "min_epochs": (_INT, "an integer"), "max_steps": (_INT, "an integer number of steps (-1 for no limit)"),
+    "min_steps": (_INT, "an integer"), "num_nodes": (_INT, "an integer >= 1"),
+    "accumulate_grad_batches": (_INT, "an integer >= 1"), "log_every_n_steps": (_INT, "an integer >= 1"),
+    "check_val_every_n_epoch": (_INT, "an integer >= 1"), "num_sanity_val_steps": (_INT, "an integer"),
+    "limit_train_batches": ((int, float), "a batch count or a fraction, e.g. 10 or 0.25"),
+    "limit_val_batches": ((int, float), "a batch count or a fraction, e.g. 10 or 0.25"),
+    "limit_test_batches": ((int, float), "a batch count or a fraction, e.g. 10 or 0.25"),
+    "val_check_interval": ((int, float), "a batch count or a fraction of an epoch"),
+    "gradient_clip_val": ((int, float), "a number"),
+    "fast_dev_run": ((bool, int), "true or a number of batches"),
+    "devices": ((int, str, list), "a count, a list of ids, or 'auto'"),
+    "precision": ((int, str), "one of 32-true, 16-mixed, bf16-mixed, 64-true"),
+}
+
+
+def _is_instance(value, types) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False  # YAML's true is not an epoch count
+    return isinstance(value, tuple(list if t is list else t for t in types)) or (
+        list in types and hasattr(value, "__iter__") and not isinstance(value, (str, bytes)))
+
+
 def _check_trainer(trainer: DictConfig) -> None:
     import lightning
 
@@ -295,6 +328,10 @@ def _check_trainer(trainer: DictConfig) -> None:
         if key not in valid:
             raise FmbError(f"unknown config key 'trainer.{key}' (not a lightning.Trainer argument)"
                            f"{nearest(key, valid)}")
+    for key, value in trainer.items():
+        expected = _TRAINER_TYPES.get(key)
+        if expected and value is not None and not _is_instance(value, expected[0]):
+            raise FmbError(f"wrong type for 'trainer.{key}': {value!r}; expected {expected[1]}")
     strategy = trainer.get("strategy")
     known = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "deepspeed", "fsdp", "single_device",
              "ddp_find_unused_parameters_true")

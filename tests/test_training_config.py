@@ -29,6 +29,8 @@ def test_files_merge_in_order_then_overrides(tmp_path):
     (["data.val_fraction=1.5"], r"\(0, 1\)"),
     (["trainer.logger=false"], "set by fmb"),
     (["nonsense"], "expected key=value"),
+    (["trainer.max_epochs=abc"], "expected an integer number of epochs"),
+    (["trainer.max_epochs=1.5"], "expected an integer number of epochs"),
 ])
 def test_bad_overrides(overrides, message):
     with pytest.raises(FmbError, match=message) as info:
@@ -41,6 +43,17 @@ def test_malformed_yaml_names_line_and_column(tmp_path):
     bad.write_text("model:\n  variant: efficientnetv2_s\n  blocks: [FFF\n")
     with pytest.raises(FmbError, match=r"malformed YAML in .*bad.yaml at line \d+, column \d+"):
         load_config([bad])
+
+
+def test_unreadable_config_files(tmp_path):
+    (tmp_path / "scalar.yaml").write_text("model: 3\n")
+    with pytest.raises(FmbError, match="wrong type .*mapping"):
+        load_config([tmp_path / "scalar.yaml"])
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(FmbError, match="not UTF-8"):
+        load_config([tmp_path / "binary.yaml"])
+    with pytest.raises(FmbError, match="is a directory"):
+        load_config([tmp_path])
 
 
 def test_missing_config_file_suggests_nearest(tmp_path):

@@ -156,3 +156,27 @@ def test_checkpoint_classes_must_match_the_data(trained, tmp_path):
     other = write_image_folder(tmp_path / "other", classes=("a", "b", "c", "d"), per_class=4)
     with pytest.raises(FmbError, match="trained on 3 classes.*has 4"):
         evaluate(run_dir / "checkpoints" / "last.ckpt", data_overrides={"source": str(other)})
+
+
+def test_run_dir_holding_a_run_is_never_mixed_with_another(trained):
+    summary, run_dir = trained
+    before = (run_dir / "summary.json").read_bytes()
+    again = run_cli("train", "model.width_mult=0.25", "model.depth_mult=0.25", f"run.dir={run_dir}")
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
+    finished = run_cli("train", "--resume", str(run_dir))  # already at its max_epochs
+    assert finished.returncode == 2 and "pass trainer.max_epochs=3" in finished.stderr
+    assert (run_dir / "summary.json").read_bytes() == before
+
+
+def test_a_crash_inside_training_is_a_failed_run_in_one_line(image_folder, tmp_path, monkeypatch):
+    from fmb.training.module import ImageClassifier
+
+    def broken_step(self, batch, batch_idx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ImageClassifier, "training_step", broken_step)
+    monkeypatch.delenv("FMB_DEBUG", raising=False)
+    with pytest.raises(FmbError, match="run failed in .*RuntimeError: boom") as info:
+        train(load_config([], tiny_train_overrides(image_folder, tmp_path / "crash")))
+    assert info.value.exit_code == 1
+    assert json.loads((tmp_path / "crash" / "summary.json").read_text())["status"] == "failed"

@@ -192,7 +192,7 @@ def load_study(files: list[str], overrides: list[str], *, placements=None, sweep
         ablate["fail_fast"] = bool(fail_fast)
     _check_ablate_values(ablate)
     cap = ablate["exhaustive_cap"]
-    if placements is None and sweep is None and ablate["placements"]:
+    if placements is None and sweep is None and ablate["placements"] is not None:
         placements = ablate["placements"]
     if placements is not None:
         chosen = parse_placements(placements, variant)

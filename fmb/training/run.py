@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from fmb.training.distributed import check_rank_shares, plan_devices
 from fmb.training.loggers import run_loggers
 from fmb.training.module import ImageClassifier
 from fmb.training.progressive import ProgressiveLearning, plan_stages
-from fmb.training.rundir import AtomicCheckpointIO, decide_run_dir, resume_point
+from fmb.training.rundir import AtomicCheckpointIO, decide_run_dir, global_rank, resume_point
 from fmb.utils import atomic_write_text, rank_zero_print
 
 UPSCALE_LIMIT = 4  # upscaling small images further adds compute, not information
@@ -70,7 +71,11 @@ def _pretrained(cfg: DictConfig, kwargs: dict):
 def _callbacks(cfg: DictConfig, run_dir: Path, plan, extra=()) -> list:
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/top1",
-                        mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False),
+                        mode="max", save_top_k=1, auto_insert_metric_name=False),
+        # Lightning's save_last only copies when a best checkpoint is written; resume needs
+        # the latest epoch every time, so last.ckpt is a checkpoint of its own.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
@@ -110,9 +115,14 @@ def train(cfg: DictConfig, *, resume: str | Path | None = None, callbacks=()) ->
     if resume is not None:
         run_dir, ckpt = resume_point(Path(resume))
         ckpt_path = str(ckpt)
+        _check_epochs_left(ckpt, cfg.trainer.get("max_epochs"))
     else:
         source_name = Path(str(cfg.data.source)).name or "data"
         run_dir = decide_run_dir(cfg.run.dir, cfg.run.name or f"{cfg.model.variant}-{source_name}")
+        if global_rank() == 0 and ((run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists()):
+            # Other ranks find rank 0's fresh config here; rank 0 must never mix two runs.
+            raise FmbError(f"run dir {run_dir} already holds a run; continue it with --resume {run_dir} "
+                           "or choose another run.dir")
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg.data, cfg.aug, seed=cfg.run.seed)
@@ -163,12 +173,30 @@ def train(cfg: DictConfig, *, resume: str | Path | None = None, callbacks=()) ->
     except FmbError as exc:
         status, error = "failed", str(exc)
         raise
+    except Exception as exc:  # noqa: BLE001 - a crash mid-run is reported as a failed run, in one line
+        status, error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if os.environ.get("FMB_DEBUG"):
+            raise
+        raise FmbError(f"run failed in {run_dir}: {error} (rerun with --debug for the traceback)", exit_code=1) from exc
+    except BaseException:
+        status = "interrupted"
+        raise
     finally:
         summary = summarize(trainer, module, cfg, run_dir, status, error, started, global_batch, plan,
                             datamodule, train_size, eval_size)
         if trainer.is_global_zero:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_epochs_left(ckpt: Path, max_epochs) -> None:
+    """Resuming a run that already reached its epochs would only overwrite its summary."""
+    import torch
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    done = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    if done is not None and max_epochs not in (None, -1) and done >= max_epochs:
+        raise FmbError(f"cannot resume: the run already trained {done} of trainer.max_epochs={max_epochs} epochs; "
+                       f"pass trainer.max_epochs={done + 1} or more to train further")
 
 
 def _metric(trainer, key):
