@@ -139,6 +139,7 @@ def eval_cmd(
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Write a confusion-matrix PNG here."),
 ):
     """Evaluate a checkpoint: top-1, top-5, loss and per-class accuracy."""
+    from fmb.config import override_to_nested
     from fmb.training.evaluate import evaluate, plot_confusion
 
     check_outputs(json=json_path, confusion=confusion)
@@ -147,8 +148,8 @@ def eval_cmd(
         key, _, value = item.partition("=")
         if not _ or not key:
             raise FmbError(f"cannot parse --data '{item}'; expected key=value such as source=/path/to/images")
-        import yaml
-        overrides[key.removeprefix("data.")] = yaml.safe_load(value)
+        # Values parse exactly as fmb train's overrides do.
+        overrides.update(override_to_nested(f"data.{key.removeprefix('data.')}={value}")["data"])
     result = evaluate(checkpoint, split=split, data_overrides=overrides, resolution=resolution, ema=ema)
     table = Table(title=f"{checkpoint} — {split} ({result['examples']} images)", box=box.SIMPLE_HEAD)
     for col in ("class", "accuracy", "support"):

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fmb.errors import FmbError
 from fmb.models import create_model
-from fmb.training.optim import build_optimizer, effective_lr, lr_factor, param_groups
+from fmb.training.optim import build_optimizer, effective_lr, global_batch_size, lr_factor, param_groups
 
 
 def accuracy_metrics(num_classes: int) -> MetricCollection:
@@ -126,14 +126,10 @@ class ImageClassifier(L.LightningModule):
         self.test_metrics.reset()
 
     # --- optimization ---------------------------------------------------------------
-    def global_batch_size(self) -> int:
-        trainer = self.trainer
-        per_device = (self.hparams.data or {}).get("batch_size", 1)
-        return per_device * trainer.world_size * trainer.accumulate_grad_batches
-
     def configure_optimizers(self):
         cfg, sched = self.optim_cfg, self.sched_cfg
-        self.base_lr = effective_lr(cfg["lr"], cfg.get("lr_per_256", True), self.global_batch_size())
+        per_device = (self.hparams.data or {}).get("batch_size", 1)
+        self.base_lr = effective_lr(cfg["lr"], cfg.get("lr_per_256", True), global_batch_size(per_device, self.trainer))
         optimizer = build_optimizer(cfg["name"], param_groups(self.model, cfg["weight_decay"]),
                                     self.base_lr, cfg.get("momentum", 0.9))
         total = max(1, int(self.trainer.estimated_stepping_batches))

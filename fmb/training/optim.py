@@ -21,6 +21,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def global_batch_size(per_device: int, trainer) -> int:
+    """Images per optimizer step over all devices and nodes, with accumulation."""
+    return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+
 def effective_lr(lr: float, per_256: bool, global_batch: int) -> float:
     """The paper gives lr per 256 images; the run's lr scales with its global batch."""
     return lr * global_batch / 256 if per_256 else lr

@@ -18,6 +18,7 @@ from fmb.models import get_variant
 from fmb.training.distributed import check_rank_shares, plan_devices
 from fmb.training.loggers import run_loggers
 from fmb.training.module import ImageClassifier
+from fmb.training.optim import global_batch_size
 from fmb.training.progressive import ProgressiveLearning, plan_stages
 from fmb.training.rundir import AtomicCheckpointIO, decide_run_dir, global_rank, resume_point
 from fmb.utils import atomic_write_text, rank_zero_print
@@ -138,12 +139,13 @@ def train(cfg: DictConfig, *, resume: str | Path | None = None, callbacks=()) ->
 
     model_kwargs = _model_kwargs(cfg)
     pretrained = _pretrained(cfg, model_kwargs)
+    plain = to_dict(cfg)
     module = ImageClassifier(
-        model_kwargs, datamodule.num_classes, datamodule.class_names, optim=to_dict(cfg)["optim"],
-        sched=to_dict(cfg)["sched"], label_smoothing=cfg.aug.label_smoothing,
+        model_kwargs, datamodule.num_classes, datamodule.class_names, optim=plain["optim"],
+        sched=plain["sched"], label_smoothing=cfg.aug.label_smoothing,
         channels_last=cfg.model.channels_last, compile=cfg.model.compile,
-        data={**to_dict(cfg)["data"], "image_size": train_size, "eval_image_size": eval_size},
-        run_config=to_dict(cfg),
+        data={**plain["data"], "image_size": train_size, "eval_image_size": eval_size},
+        run_config=plain,
     )
     if pretrained is not None:
         from fmb.models.weights import load_into
@@ -152,7 +154,7 @@ def train(cfg: DictConfig, *, resume: str | Path | None = None, callbacks=()) ->
     trainer = build_trainer(cfg, run_dir, plan, callbacks)
     # Before Lightning starts the other ranks: a rank with no batch would stall DDP.
     check_rank_shares(datamodule.split_sizes(), trainer.world_size, cfg.data.batch_size)
-    global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    global_batch = global_batch_size(cfg.data.batch_size, trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -192,7 +194,7 @@ def train(cfg: DictConfig, *, resume: str | Path | None = None, callbacks=()) ->
 def _check_epochs_left(ckpt: Path, max_epochs) -> None:
     """Resuming a run that already reached its epochs would only overwrite its summary."""
     import torch
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)  # Lightning reads the weights later
     done = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
     if done is not None and max_epochs not in (None, -1) and done >= max_epochs:
         raise FmbError(f"cannot resume: the run already trained {done} of trainer.max_epochs={max_epochs} epochs; "
