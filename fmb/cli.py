@@ -12,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fmb.errors import FmbError
+from fmb.errors import FmbError, unwrap_worker_error
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,6 +27,7 @@ class _App(typer.Typer):
         except FmbError as exc:
             if _debug_requested():
                 raise
+            exc = unwrap_worker_error(exc)
             err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
 
@@ -91,7 +92,7 @@ def models_cmd(
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_cmd(
     ctx: typer.Context,
-    config: Optional[list[Path]] = typer.Option(None, "--config", "-c", help="YAML files, merged in order."),
+    config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="YAML files or preset names, merged in order."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run: its directory (from last.ckpt) or one of its .ckpt files."),
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit."),
 ):
@@ -106,7 +107,7 @@ def train_cmd(
         from fmb.training.run import load_run_config
         cfg = load_run_config(resume, overrides)
     else:
-        cfg = load_config([str(c) for c in config or []], overrides)
+        cfg = load_config([str(c) for c in config or []], overrides, front_door=True)
     if print_config:
         from rich.syntax import Syntax
         console.print(Syntax(to_yaml(cfg), "yaml"))
@@ -139,18 +140,10 @@ def eval_cmd(
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Write a confusion-matrix PNG here."),
 ):
     """Evaluate a checkpoint: top-1, top-5, loss and per-class accuracy."""
-    from fmb.config import override_to_nested
     from fmb.training.evaluate import evaluate, plot_confusion
 
     check_outputs(json=json_path, confusion=confusion)
-    overrides = {}
-    for item in data or []:
-        key, _, value = item.partition("=")
-        if not _ or not key:
-            raise FmbError(f"cannot parse --data '{item}'; expected key=value such as source=/path/to/images")
-        # Values parse exactly as fmb train's overrides do.
-        overrides.update(override_to_nested(f"data.{key.removeprefix('data.')}={value}")["data"])
-    result = evaluate(checkpoint, split=split, data_overrides=overrides, resolution=resolution, ema=ema)
+    result = evaluate(checkpoint, split=split, data_overrides=data, resolution=resolution, ema=ema)
     table = Table(title=f"{checkpoint} — {split} ({result['examples']} images)", box=box.SIMPLE_HEAD)
     for col in ("class", "accuracy", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")

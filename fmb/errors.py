@@ -29,3 +29,13 @@ def choice_error(what: str, value, choices: Iterable[str]) -> FmbError:
     choices = list(choices)
     shown = ", ".join(choices) if len(choices) <= 20 else ", ".join(choices[:20]) + ", ..."
     return FmbError(f"unknown {what} '{value}'; expected one of {shown}{nearest(value, choices)}")
+
+
+def unwrap_worker_error(error: FmbError) -> FmbError:
+    """The one-line message of an FmbError raised in a DataLoader worker, which torch
+    re-raises in the main process with the worker's traceback as its text."""
+    text = str(error)
+    if not text.startswith("Caught "):
+        return error
+    lines = [line for line in text.splitlines() if "FmbError: " in line]
+    return FmbError(lines[-1].split("FmbError: ", 1)[1], error.exit_code) if lines else error

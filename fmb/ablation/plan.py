@@ -8,11 +8,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from fmb.config.ablate import DEFAULT_EXHAUSTIVE_CAP  # 2^6: every placement of a 6-stage V2, not of 7-stage B4
 from fmb.errors import FmbError, choice_error
 from fmb.models.specs import BLOCK_LETTERS, apply_placement, get_variant
 
 SWEEPS = ("prefix", "single", "exhaustive")
-DEFAULT_EXHAUSTIVE_CAP = 64  # 2^6: every placement of a 6-stage V2 network, but not of 7-stage B4
 
 
 @dataclass(frozen=True)

@@ -14,29 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from fmb.ablation.plan import (
-    DEFAULT_EXHAUSTIVE_CAP, Trial, generate_placements, make_trials, parse_placements, parse_seeds,
+    Trial, generate_placements, make_trials, parse_placements, parse_seeds,
     trial_stage_overrides,
 )
-from fmb.config import override_to_nested, read_yaml
+from fmb.config import load_config, parse_overrides, read_yaml, to_dict
+from fmb.config.ablate import AblateConfig
 from fmb.errors import FmbError, choice_error
 from fmb.models import build_stages, get_variant
 
-ABLATE_DEFAULTS = {
-    "placements": None,        # explicit list, e.g. [MMMMMM, FFFMMM]; wins over `sweep`
-    "sweep": None,             # prefix | single | exhaustive (prefix when neither is given)
-    "seeds": [0],
-    "profile_only": False,
-    "exhaustive_cap": DEFAULT_EXHAUSTIVE_CAP,
-    "fused_overrides": {},     # stage fields for every stage a trial fuses, e.g. {se_ratio: 0.0}
-    "mbconv_overrides": {},    # the same for every MBConv stage
-    "fail_fast": False,
-    "trial_timeout_s": None,   # kill a trial's process group after this long
-    "train_command": None,     # argv prefix before `train ...`; default: python -m fmb
-    "profile": {"resolution": None, "batch_size": 8, "device": "auto", "precision": "fp32",
-                "warmup": 2, "iters": 5, "num_classes": 1000},
-}
 # set by --placements / --seeds / --out instead, so one study means one thing
 RESERVED_OVERRIDES = {"model.blocks": "--placements or --sweep", "run.seed": "--seeds", "run.dir": "--out"}
 # keys that only decide how or which trials run, not what a trial means: outside the fingerprint
@@ -90,76 +78,31 @@ def _read_yaml(path: str) -> DictConfig:
     return read_yaml(Path(path))  # the same reader and one-line errors as fmb train
 
 
-def _dotlist(items: list[str]) -> DictConfig:
-    """key=value items → nested config, parsed the way fmb train parses them."""
-    out = OmegaConf.create({})
-    for item in items:
-        out = OmegaConf.merge(out, override_to_nested(item))
-    return out
-
-
 def _resolve_train_config(train_yaml: DictConfig, overrides: list[str]) -> dict:
     """Validate through fmb train's own loader, so a trial can't fail on config the parent accepted."""
-    try:
-        from fmb.config import load_config
-    except ModuleNotFoundError as exc:
-        if exc.name != "fmb.config":
-            raise
-        load_config = None  # training not installed yet: plain OmegaConf merge, no schema checks
-    if load_config is None:
-        return OmegaConf.to_container(OmegaConf.merge(train_yaml, _dotlist(overrides)), resolve=True)
     fd, tmp = tempfile.mkstemp(prefix="fmb-ablate-", suffix=".yaml")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(OmegaConf.to_yaml(train_yaml))
-        return OmegaConf.to_container(load_config([tmp], list(overrides)), resolve=True)
+        return to_dict(load_config([tmp], list(overrides)))
     finally:
         os.unlink(tmp)
 
 
 def _ablate_section(sections: list, overrides: list[str]) -> dict:
-    merged = OmegaConf.create(ABLATE_DEFAULTS)
-    for section in [*sections, _dotlist(overrides).get("ablate", {}) if overrides else {}]:
-        section = OmegaConf.create(section) if not isinstance(section, DictConfig) else section
-        for key, value in section.items():
-            if key not in ABLATE_DEFAULTS:
-                raise choice_error("ablate setting", key, ABLATE_DEFAULTS)
-            if key == "profile" and value is not None:
-                for sub in value:
-                    if sub not in ABLATE_DEFAULTS["profile"]:
-                        raise choice_error("ablate.profile setting", sub, ABLATE_DEFAULTS["profile"])
-        merged = OmegaConf.merge(merged, section)
-    return OmegaConf.to_container(merged, resolve=True)
-
-
-def _check_ablate_values(ablate: dict) -> None:
-    """Catch a bad setting here, not as the same failure in every trial."""
-    def bad(key, value, expected):
-        return FmbError(f"invalid ablate.{key}={value!r}: expected {expected}")
-
-    def is_int(v, low):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-    cap, timeout, cmd = ablate["exhaustive_cap"], ablate["trial_timeout_s"], ablate["train_command"]
-    if not is_int(cap, 1):
-        raise bad("exhaustive_cap", cap, "a positive integer such as 64")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise bad("trial_timeout_s", timeout, "a number of seconds > 0, or null for no limit")
-    if cmd is not None and (not isinstance(cmd, list) or not cmd):
-        raise bad("train_command", cmd, "a list such as [python, -m, fmb], or null")
-    for key in ("fused_overrides", "mbconv_overrides"):
-        if not isinstance(ablate[key] or {}, dict):
-            raise bad(key, ablate[key], "a mapping of stage field: value, e.g. {se_ratio: 0.0}")
-    prof = ablate["profile"]
-    for key, low in (("batch_size", 1), ("warmup", 0), ("iters", 1), ("num_classes", 1)):
-        if not is_int(prof[key], low):
-            raise bad(f"profile.{key}", prof[key], f"an integer >= {low}")
-    if prof["resolution"] is not None and not is_int(prof["resolution"], 8):
-        raise bad("profile.resolution", prof["resolution"], "an integer >= 8, or null for data.image_size")
-    if prof["precision"] not in ("fp32", "bf16", "fp16"):
-        raise choice_error("ablate.profile.precision", prof["precision"], ("fp32", "bf16", "fp16"))
-    if not (prof["device"] in ("auto", "cpu") or str(prof["device"]).startswith("cuda")):
-        raise choice_error("ablate.profile.device", prof["device"], ("auto", "cpu", "cuda"))
+    """The `ablate:` sections of the presets, then `ablate.*` overrides, checked by AblateConfig."""
+    merged = OmegaConf.structured(AblateConfig)
+    _, nested = parse_overrides(overrides)
+    for origin, section in [*(("the preset's ablate: section", s) for s in sections),
+                            ("ablate.* overrides", nested.get("ablate", {}))]:
+        try:
+            merged = OmegaConf.merge(merged, section)
+        except (ConfigKeyError, ConfigAttributeError) as exc:
+            key = f"ablate.{exc.full_key}"
+            raise choice_error(f"ablate setting in {origin}", key, [f"ablate.{k}" for k in AblateConfig.__dataclass_fields__]) from None
+        except OmegaConfBaseException as exc:
+            raise FmbError(f"invalid ablate.{exc.full_key} in {origin}: {str(exc).splitlines()[0]}") from None
+    return to_dict(OmegaConf.to_object(merged))
 
 
 def load_study(files: list[str], overrides: list[str], *, placements=None, sweep=None, seeds=None,
@@ -190,7 +133,7 @@ def load_study(files: list[str], overrides: list[str], *, placements=None, sweep
         ablate["profile_only"] = bool(profile_only)
     if fail_fast is not None:
         ablate["fail_fast"] = bool(fail_fast)
-    _check_ablate_values(ablate)
+    to_dict(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), ablate)))  # re-check
     cap = ablate["exhaustive_cap"]
     if placements is None and sweep is None and ablate["placements"] is not None:
         placements = ablate["placements"]

@@ -1,113 +1,57 @@
 """ImageDataModule: any supported source → train/val/test loaders of normalized images.
 
 Map-style sets are shuffled by the loader, so under DDP Lightning swaps in its
-DistributedSampler. Streamed sets are shuffled with a seeded buffer, re-seeded every epoch
-(`set_epoch`), split across ranks with `split_dataset_by_node` when the train loader is
-built (so the rank is known), and across workers by `datasets` itself.
+DistributedSampler. Streamed sets are shuffled with a seeded buffer (its epoch set when the
+train loader is built), split across ranks with `split_dataset_by_node`, and across workers
+by `datasets` itself. The train loader is rebuilt when its values change: a progressive
+stage (`set_train_stage`) or, for streams, a new epoch — with Lightning's
+`reload_dataloaders_every_n_epochs=1` (fmb's train() sets it when either applies).
 """
 from __future__ import annotations
 
 import logging
-import math
 
+import datasets
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed
 from datasets.distributed import split_dataset_by_node
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
 
+from fmb.config.schema import AugConfig, DataConfig
 from fmb.data.columns import Columns, as_image_column, resolve_columns
-from fmb.data.image_sets import MapImageSet, StreamImageSet, SyntheticImageSet
-from fmb.data.loader import FmbDataLoader, LoaderHooks
+from fmb.data.image_sets import HashSplit, MapImageSet, SkipCounter, StreamImageSet, SyntheticImageSet
+from fmb.data.sizes import resolve_image_sizes
 from fmb.data.sources import load_source
-from fmb.data.transforms import AugmentState, Collate, StateTransform, check_augmentation, decode_image
+from fmb.data.transforms import Collate, build_eval_transform, build_train_transform, decode_image
 from fmb.errors import FmbError, choice_error
 
 log = logging.getLogger(__name__)
 
 VAL_NAMES = ("validation", "valid", "val", "dev")
 TEST_NAMES = ("test",)
-BAD_IMAGE_CHOICES = ("error", "skip")
-
-
-def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, val indices) with round(fraction * N) held out, spread over the classes
-    in proportion (largest remainders get the leftovers), seeded: every rank and every rerun
-    with the same seed carves the same validation set."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    wanted = int(round(len(labels) * fraction))
-    share = counts * fraction
-    quota = np.floor(share).astype(int)
-    leftover = wanted - quota.sum()
-    if leftover > 0:  # largest remainders first, ties in seeded random order
-        order = np.lexsort((rng.random(len(classes)), -(share - quota)))
-        quota[order[:leftover]] += 1
-    val = []
-    for cls, take in zip(classes, quota):
-        members = np.flatnonzero(labels == cls)
-        rng.shuffle(members)
-        val.append(members[:take])
-    val = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
-    return np.setdiff1d(np.arange(len(labels)), val), val
-
-
-def _rank_and_world(trainer) -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if trainer is not None:
-        return trainer.global_rank, trainer.world_size
-    return 0, 1
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Image classification data from a hub id, a local folder/files, a save_to_disk
-    directory, the built-in ``digits``, or ``synthetic`` tensors. See docs in README."""
+    """Image classification data as `data` and `aug` say (see fmb/config/schema.py).
 
-    def __init__(self, source: str = "digits", name: str | None = None, train_split: str = "train",
-                 val_split: str | None = None, test_split: str | None = None, val_fraction: float = 0.1,
-                 image_column: str | None = None, label_column: str | None = None, image_size: int = 224,
-                 eval_image_size: int | None = None, crop_ratio: float = 0.875, batch_size: int = 32,
-                 num_workers: int = 2, streaming: bool = False, randaugment_magnitude: float = 0.0,
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0, cache_dir: str | None = None,
-                 on_bad_image: str = "error", synthetic_size: int = 512, synthetic_classes: int = 10,
-                 pin_memory: bool | None = None, persistent_workers: bool | None = None,
-                 shuffle_buffer: int = 1000, crop_scale_min: float = 0.08, hflip: bool = True):
+    `seed` (the run's) orders the training data; the carved validation split follows
+    `data.split_seed`, so runs with different seeds are judged on the same images.
+    `variant_sizes` are the model's (train, eval) sizes, used where data.image_size is null.
+    """
+
+    def __init__(self, data: DataConfig, aug: AugConfig, seed: int = 0,
+                 variant_sizes: tuple[int, int] | None = None):
         super().__init__()
-        if not 0 < val_fraction < 1:
-            raise FmbError(f"data.val_fraction={val_fraction} is outside (0, 1); expected e.g. 0.1")
-        if on_bad_image not in BAD_IMAGE_CHOICES:
-            raise choice_error("data.on_bad_image", on_bad_image, BAD_IMAGE_CHOICES)
-        for key, value, low in (("data.batch_size", batch_size, 1), ("data.num_workers", num_workers, 0),
-                                ("data.synthetic_size", synthetic_size, 1),
-                                ("data.synthetic_classes", synthetic_classes, 1),
-                                ("data.shuffle_buffer", shuffle_buffer, 1)):
-            if int(value) != value or value < low:
-                raise FmbError(f"{key}={value} is not a whole number >= {low}; expected e.g. {max(low, 2)}")
-        check_augmentation(image_size, eval_image_size, randaugment_magnitude, mixup_alpha, cutmix_alpha, crop_ratio)
-        self.save_hyperparameters()
-        self.source, self.name, self.streaming = source, name, bool(streaming)
-        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
-        self.val_fraction, self.seed, self.cache_dir = float(val_fraction), int(seed), cache_dir
-        self.image_column, self.label_column = image_column, label_column
-        self.crop_ratio, self.batch_size, self.num_workers = float(crop_ratio), int(batch_size), int(num_workers)
-        if not 0 < crop_scale_min <= 1:
-            raise FmbError(f"aug.crop_scale_min={crop_scale_min} is outside (0, 1]; expected e.g. 0.08 (ImageNet)")
-        self.crop_scale_min, self.hflip = float(crop_scale_min), bool(hflip)
-        self.on_bad_image, self.shuffle_buffer = on_bad_image, int(shuffle_buffer)
-        self.synthetic_size, self.synthetic_classes = int(synthetic_size), int(synthetic_classes)
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self.persistent_workers = persistent_workers
-        self.state = AugmentState(image_size, eval_image_size or image_size, randaugment_magnitude,
-                                  mixup_alpha, cutmix_alpha)
+        self.data, self.aug, self.seed, self.variant_sizes = data, aug, int(seed), variant_sizes
+        self.skipped = SkipCounter()
         self.columns: Columns | None = None
-        self._splits: dict | None = None  # role ('train'/'val'/'test') → (hf dataset, indices, split name)
-        self._native_size: int | None | bool = False  # False: not measured yet
-        self._next_epoch = 0
-        self._stream_carved = False
-        self._stream_total: int | None = None
+        self._splits: dict | None = None  # role ('train'/'val'/'test') → (hf dataset, split name)
+        self.image_size = self.eval_image_size = None  # resolved by setup()
+        self.stage = {"image_size": None, "randaugment_magnitude": aug.randaugment_magnitude,
+                      "mixup_alpha": aug.mixup_alpha}
+        self._train_loader: tuple | None = None  # (stage values, loader), reused while they hold
 
     # ---- metadata -------------------------------------------------------------------------
     @property
@@ -119,37 +63,22 @@ class ImageDataModule(L.LightningDataModule):
         return list(self._load().class_names)
 
     @property
-    def image_size(self) -> int:
-        return self.state.image_size
-
-    @property
-    def eval_image_size(self) -> int:
-        return self.state.eval_image_size
-
-    @property
     def skipped_images(self) -> int:
-        """Bad images dropped so far (``on_bad_image=skip``), over all loaders and workers."""
-        return self.state.total_skipped()
+        """Bad images dropped so far (`on_bad_image=skip`), over all loaders and workers."""
+        return self.skipped.total
 
-    @property
     def native_image_size(self) -> int | None:
-        """Typical short side of the source images (8 for digits, 32 for CIFAR), or None."""
-        if self._native_size is False:
-            self._native_size = self._measure_native_size()
-        return self._native_size
-
-    def _measure_native_size(self) -> int | None:
-        if self.source == "synthetic":
+        """Typical short side of the train images (8 for digits, 32 for CIFAR), or None."""
+        if self.data.source == "synthetic":
             return None
         self._load()
-        hf, indices, _ = self._splits["train"]
+        hf, _ = self._splits["train"]
         image = self.columns.image
         try:
-            if self.streaming:
+            if self.data.streaming:
                 rows = [row[image] for _, row in zip(range(8), hf.select_columns([image]))]
             else:
-                picks = np.asarray(indices if indices is not None else np.arange(len(hf)))
-                picks = picks[np.linspace(0, len(picks) - 1, num=min(16, len(picks))).astype(int)]
+                picks = np.linspace(0, len(hf) - 1, num=min(16, len(hf))).astype(int)
                 rows = [hf[int(i)][image] for i in picks]
             sides = [min(decode_image(value).size) for value in rows]
         except Exception:  # a hint only: unreadable samples surface later with a proper error
@@ -159,234 +88,202 @@ class ImageDataModule(L.LightningDataModule):
     # ---- loading --------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Download / cache once per node (hub sets, the digits cache, local Arrow caches)."""
-        if self.source != "synthetic":
-            load_source(self.source, self.name, cache_dir=self.cache_dir, streaming=self.streaming)
+        if self.data.source != "synthetic":
+            load_source(self.data.source, self.data.name, cache_dir=self.data.cache_dir, streaming=self.data.streaming)
 
     def setup(self, stage: str | None = None) -> None:
         self._load()
+        if self.image_size is None:
+            self.image_size, self.eval_image_size = resolve_image_sizes(
+                self.data.image_size, self.data.eval_image_size, self.variant_sizes, self.native_image_size)
+            self.stage["image_size"] = self.image_size
 
     def _load(self) -> Columns:
         if self.columns is not None:
             return self.columns
-        if self.source == "synthetic":
+        d = self.data
+        if d.source == "synthetic":
             self._splits = {}
-            self.columns = Columns("image", "label", [str(i) for i in range(self.synthetic_classes)])
+            self.columns = Columns("image", "label", [str(i) for i in range(d.synthetic_classes)])
             return self.columns
-        raw = load_source(self.source, self.name, cache_dir=self.cache_dir, streaming=self.streaming)
+        raw = load_source(d.source, d.name, cache_dir=d.cache_dir, streaming=d.streaming)
         available = list(raw)
-        if self.train_split not in raw:
-            raise choice_error("data.train_split", self.train_split, available)
-        train = raw[self.train_split]
-        columns = resolve_columns(train.features, self.image_column, self.label_column,
+        if d.train_split not in raw:
+            raise choice_error("data.train_split", d.train_split, available)
+        train = raw[d.train_split]
+        columns = resolve_columns(train.features, d.image_column, d.label_column,
                                   lambda col: self._label_values(train, col))
-        splits = {"train": (train, None, self.train_split)}
-        val_name = self._pick_split(self.val_split, VAL_NAMES, available, "data.val_split")
-        test_name = self._pick_split(self.test_split, TEST_NAMES, available, "data.test_split")
-        if val_name is not None:
-            splits["val"] = (raw[val_name], None, val_name)
-        if test_name is not None:
-            splits["test"] = (raw[test_name], None, test_name)
-        for role, (hf, _, split) in list(splits.items()):
+        if columns.num_classes < 2:
+            raise FmbError(f"split '{d.train_split}' of data.source '{d.source}' has {columns.num_classes} class "
+                           f"({', '.join(columns.class_names)}); expected at least 2 classes to tell apart")
+        splits = {"train": (train, d.train_split)}
+        for role, requested, usual in (("val", d.val_split, VAL_NAMES), ("test", d.test_split, TEST_NAMES)):
+            name = _pick_split(requested, usual, available, f"data.{role}_split")
+            if name is not None:
+                splits[role] = (raw[name], name)
+        for role, (hf, split) in list(splits.items()):
             if columns.image not in (hf.features or {}) or columns.label not in (hf.features or {}):
                 raise FmbError(f"split '{split}' lacks column '{columns.image}' or '{columns.label}' "
                                f"(columns: {', '.join(hf.features or [])}); expected the train split's columns")
-            splits[role] = (as_image_column(hf, columns.image), None, split)
-            if not self.streaming and len(hf) == 0:
-                raise FmbError(f"split '{split}' of data.source '{self.source}' is empty; expected examples "
+            if not d.streaming and len(hf) == 0:
+                raise FmbError(f"split '{split}' of data.source '{d.source}' is empty; expected examples "
                                f"(splits: {', '.join(f'{k}={len(v)}' for k, v in raw.items())})")
-        if val_name is None:
+            splits[role] = (as_image_column(hf, columns.image), split)
+        if not d.streaming and not isinstance(train.features[columns.label], datasets.ClassLabel):
+            splits, columns = _as_class_labels(splits, columns)
+        if "val" not in splits:
             splits.update(self._carve(splits["train"][0], columns))
-            self._stream_carved = self.streaming
         self.columns, self._splits = columns, splits
         return columns
 
     def _label_values(self, hf, column: str):
-        if self.streaming:  # one pass over the label column only
+        if self.data.streaming:  # one pass over the label column only
             return [row[column] for row in hf.select_columns([column])]
         return hf[column]
 
-    @staticmethod
-    def _pick_split(requested, usual, available, key) -> str | None:
-        if requested is not None:
-            if requested not in available:
-                raise choice_error(key, requested, available)
-            return requested
-        return next((name for name in usual if name in available), None)
-
     def _carve(self, train, columns: Columns) -> dict:
-        """A validation set from train when the source has none."""
-        if self.streaming:
-            # a seeded hash of each example's bytes: the same on every rank, no pass needed
-            keep = _HashSplit(columns.image, self.val_fraction, self.seed)
-            return {"train": (train.filter(keep, fn_kwargs={"want_val": False}), None, self.train_split),
-                    "val": (train.filter(keep, fn_kwargs={"want_val": True}), None, self.train_split)}
-        labels = [columns.encode(v) for v in train[columns.label]]
-        train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
-        if len(val_idx) == 0 or len(train_idx) == 0:
-            raise FmbError(f"data.val_fraction={self.val_fraction} of {len(labels)} examples leaves an empty "
-                           f"{'validation' if len(val_idx) == 0 else 'training'} set; expected a fraction that "
-                           f"keeps both non-empty, or name a split with data.val_split")
-        return {"train": (train, train_idx, self.train_split),
-                "val": (train, val_idx, self.train_split)}
+        """A validation set from train when the source has none: stratified, seeded by data.split_seed."""
+        d = self.data
+        if d.streaming:
+            keep = HashSplit(columns.image, d.val_fraction, d.split_seed)
+            return {"train": (train.filter(keep, fn_kwargs={"want_val": False}), d.train_split),
+                    "val": (train.filter(keep, fn_kwargs={"want_val": True}), d.train_split)}
+        try:
+            parts = train.train_test_split(test_size=d.val_fraction, stratify_by_column=columns.label,
+                                           seed=d.split_seed)
+        except ValueError as exc:
+            raise FmbError(f"cannot hold out data.val_fraction={d.val_fraction:g} of the {len(train)} examples of "
+                           f"split '{d.train_split}' for validation ({str(exc).splitlines()[0]}); expected a "
+                           f"fraction that leaves every class in both parts, or name a split with data.val_split"
+                           ) from None
+        return {"train": (parts["train"], d.train_split), "val": (parts["test"], d.train_split)}
 
     def split_sizes(self) -> dict[str, int | None]:
         """Examples per role ('train', 'val', 'test'); None where a stream's size is unknown."""
         self._load()
-        if self.source == "synthetic":
-            n_val = max(1, int(round(self.synthetic_size * self.val_fraction)))
-            return {"train": self.synthetic_size, "val": n_val, "test": n_val}
-        sizes = {}
-        for role, (hf, indices, _) in self._splits.items():
-            sizes[role] = len(indices) if indices is not None else (None if self.streaming else len(hf))
-        return sizes
+        if self.data.source == "synthetic":
+            n_val = max(1, int(round(self.data.synthetic_size * self.data.val_fraction)))
+            return {"train": self.data.synthetic_size, "val": n_val, "test": n_val}
+        return {role: None if self.data.streaming else len(hf) for role, (hf, _) in self._splits.items()}
 
-    # ---- augmentation, epochs -------------------------------------------------------------
-    def set_augmentation(self, image_size: int | None = None, randaugment_magnitude: float | None = None,
-                         mixup_alpha: float | None = None, cutmix_alpha: float | None = None) -> None:
-        """Change train augmentation in place; loader workers (persistent or not) pick the new
-        values up for the next image they produce. Call between epochs (e.g. in
-        ``on_train_epoch_start``): Lightning starts the epoch's loader iterator after it."""
-        self.state.update(image_size=image_size, randaugment_magnitude=randaugment_magnitude,
-                          mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+    def has_split(self, role: str) -> bool:
+        self._load()
+        return self.data.source == "synthetic" or role in self._splits
 
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch the next train-loader pass reshuffles streams for (Lightning sets it itself)."""
-        self._next_epoch = int(epoch)
-
-    def _start_train_epoch(self) -> int:
-        epoch = self.trainer.current_epoch if self.trainer is not None else self._next_epoch
-        self._next_epoch = epoch + 1
-        self.state.update(epoch=epoch)
-        return epoch
+    # ---- progressive learning -------------------------------------------------------------
+    def set_train_stage(self, image_size: int | None = None, randaugment_magnitude: float | None = None,
+                        mixup_alpha: float | None = None) -> None:
+        """Train-time values for the next train loader Lightning asks for (None keeps a value)."""
+        for key, value in (("image_size", image_size), ("randaugment_magnitude", randaugment_magnitude),
+                           ("mixup_alpha", mixup_alpha)):
+            if value is not None:
+                self.stage[key] = value
 
     # ---- loaders --------------------------------------------------------------------------
+    def _rank_and_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
     def _dataset(self, role: str):
-        self._load()
-        train = role == "train"
-        if self.source == "synthetic":
-            size = self.split_sizes()[role]
-            return SyntheticImageSet(size, self.synthetic_classes, self.state, train,
+        self.setup()
+        d, train = self.data, role == "train"
+        if d.source == "synthetic":
+            pixels = self.stage["image_size"] if train else self.eval_image_size
+            return SyntheticImageSet(self.split_sizes()[role], d.synthetic_classes, pixels,
                                      seed=self.seed + {"train": 0, "val": 1, "test": 2}[role])
-        if role == "test" and "test" not in self._splits:
-            log.warning("data.source '%s' has no test split; testing on the validation split", self.source)
-            role = "val"
-        hf, indices, split = self._splits[role]
-        where = f"split '{split}' of data.source '{self.source}'"
-        if role == "val" and split == self.train_split:
-            where += f" (its held-out {self.val_fraction:g} for validation)"
-        transform = StateTransform(self.state, train=train, crop_ratio=self.crop_ratio,
-                                   crop_scale_min=self.crop_scale_min, hflip=self.hflip)
-        if not self.streaming:
-            return MapImageSet(hf, self.columns, transform, self.state, self.on_bad_image, where, indices)
-        rank, world = _rank_and_world(self.trainer)
+        if role not in self._splits:
+            raise FmbError(f"data.source '{d.source}' has no {role} split (splits: "
+                           f"{', '.join(s for _, s in self._splits.values())}); expected data.{role}_split=NAME")
+        hf, split = self._splits[role]
+        where = f"split '{split}' of data.source '{d.source}'"
+        if role == "val" and split == d.train_split:
+            where += f" (its held-out {d.val_fraction:g} for validation)"
         if train:
-            hf = hf.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            transform = build_train_transform(self.stage["image_size"], self.stage["randaugment_magnitude"],
+                                              normalize=False, crop_scale_min=d.crop_scale_min, hflip=d.hflip)
+        else:
+            transform = build_eval_transform(self.eval_image_size, d.crop_ratio, normalize=False)
+        if not d.streaming:
+            return MapImageSet(hf, self.columns, transform, self.skipped, d.on_bad_image, where)
+        rank, world = self._rank_and_world()
+        if train:
+            hf = hf.shuffle(seed=self.seed, buffer_size=d.shuffle_buffer)
+            hf.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         hf = split_dataset_by_node(hf, rank=rank, world_size=world)
         steps = self._stream_steps(world) if train else None
-        return StreamImageSet(hf, self.columns, transform, self.state, self.on_bad_image, where,
-                              batches_per_epoch=steps, batch_size=self.batch_size, rank=rank)
+        return StreamImageSet(hf, self.columns, transform, self.skipped, d.on_bad_image, where,
+                              batches_per_epoch=steps, batch_size=d.batch_size, rank=rank)
 
     def _stream_steps(self, world: int) -> int:
         """Batches every rank runs per epoch: the smallest rank's share, in full batches."""
-        hf, _, split = self._splits["train"]
-        total = None
+        hf, split = self._splits["train"]
         info_splits = getattr(hf.info, "splits", None) or {}
         if split in info_splits and info_splits[split].num_examples:
             total = info_splits[split].num_examples
-            if self._stream_carved:  # the hash carve keeps about (1 - val_fraction); short ranks wrap
-                total = int(total * (1 - self.val_fraction))
-        if total is None:  # count once (label column only); cached for later epochs
-            if self._stream_total is None:
+            if self.data.val_split is None and "val" in self._splits and self._splits["val"][1] == split:
+                total = int(total * (1 - self.data.val_fraction))  # the hash carve keeps about this many
+        else:  # count once (label column only)
+            if not hasattr(self, "_stream_total"):
                 self._stream_total = sum(1 for _ in hf.select_columns([self.columns.label]))
             total = self._stream_total
-        steps = (total // world) // self.batch_size
+        steps = (total // world) // self.data.batch_size
         if steps == 0:
-            raise FmbError(f"split '{split}' has {total} examples, fewer than one batch of {self.batch_size} per "
-                           f"rank over {world} rank(s); expected a smaller data.batch_size")
+            raise FmbError(f"split '{split}' has {total} examples, fewer than one batch of {self.data.batch_size} "
+                           f"per rank over {world} rank(s); expected a smaller data.batch_size")
         return steps
 
-    def _loader(self, role: str) -> FmbDataLoader:
+    def _loader(self, role: str) -> DataLoader:
+        d, train = self.data, role == "train"
         dataset = self._dataset(role)
-        train = role == "train"
-        workers = self.num_workers
+        workers = d.num_workers
         if isinstance(dataset, StreamImageSet):
             workers = min(workers, max(1, dataset.stream.num_shards))  # datasets gives workers whole shards
-        elif train and len(dataset) < self.batch_size:
+        elif train and len(dataset) < d.batch_size:
             raise FmbError(f"the training set has {len(dataset)} examples, fewer than one batch of "
-                           f"{self.batch_size}; expected a smaller data.batch_size")
-        persistent = workers > 0 if self.persistent_workers is None else (self.persistent_workers and workers > 0)
+                           f"{d.batch_size}; expected a smaller data.batch_size")
+        persistent = workers > 0 if d.persistent_workers is None else (d.persistent_workers and workers > 0)
+        pin = torch.cuda.is_available() if d.pin_memory is None else d.pin_memory
         sampler = None
-        rank, world = _rank_and_world(self.trainer)
+        rank, world = self._rank_and_world()
         if not train and world > 1 and not isinstance(dataset, StreamImageSet):
             # Lightning would give evaluation loaders a DistributedSampler, which repeats a few
             # examples to even out the ranks and so counts them twice in the synced metrics.
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        return FmbDataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train and not isinstance(dataset, StreamImageSet),
-            sampler=sampler, drop_last=train, num_workers=workers, pin_memory=self.pin_memory,
-            persistent_workers=persistent,
-            collate_fn=Collate(self.state, self.num_classes, mix=train),
-            fmb_hooks=LoaderHooks(self, train=train))
+        size = self.stage["image_size"] if train else self.eval_image_size
+        collate = Collate(self.num_classes, size, self.stage["mixup_alpha"] if train else 0.0,
+                          self.aug.cutmix_alpha if train else 0.0)
+        return DataLoader(dataset, batch_size=d.batch_size, shuffle=train and not isinstance(dataset, StreamImageSet),
+                          sampler=sampler, drop_last=train, num_workers=workers, pin_memory=bool(pin),
+                          persistent_workers=persistent, collate_fn=collate)
 
-    def train_dataloader(self) -> FmbDataLoader:
-        return self._loader("train")
+    def train_dataloader(self) -> DataLoader:
+        key = (tuple(self.stage.values()), self.trainer.current_epoch if self.data.streaming and self.trainer else 0)
+        if self._train_loader is None or self._train_loader[0] != key:
+            self._train_loader = (key, self._loader("train"))
+        return self._train_loader[1]
 
-    def val_dataloader(self) -> FmbDataLoader:
+    def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 
-    def test_dataloader(self) -> FmbDataLoader:
+    def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
 
-class _HashSplit:
-    """Filter for a streamed carve: a seeded CRC of the image bytes (or path) decides
-    whether an example is held out, identically on every rank and every rerun."""
-
-    def __init__(self, image_column: str, fraction: float, seed: int):
-        self.image_column, self.fraction, self.seed = image_column, fraction, seed
-
-    def __call__(self, example: dict, want_val: bool) -> bool:
-        import zlib
-
-        value = example[self.image_column]
-        data = (value.get("bytes") or (value.get("path") or "").encode()) if isinstance(value, dict) else bytes(str(value), "utf8")
-        bucket = zlib.crc32(data, self.seed & 0xFFFFFFFF) % 10_000
-        return (bucket < self.fraction * 10_000) == want_val
+def _pick_split(requested, usual, available, key) -> str | None:
+    if requested is not None:
+        if requested not in available:
+            raise choice_error(key, requested, available)
+        return requested
+    return next((name for name in usual if name in available), None)
 
 
-_DATA_KEYS = ("source", "name", "train_split", "val_split", "test_split", "val_fraction", "image_column",
-              "label_column", "image_size", "eval_image_size", "crop_ratio", "batch_size", "num_workers",
-              "streaming", "seed", "cache_dir", "on_bad_image", "synthetic_size", "synthetic_classes",
-              "pin_memory", "persistent_workers", "shuffle_buffer")
-_AUG_KEYS = ("randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "crop_scale_min", "hflip")
-_AUG_IGNORED = ("label_smoothing",)  # the loss's, not the data's
-
-
-def _as_dict(cfg) -> dict:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # omegaconf is a dependency; plain dicts work without it
-        pass
-    return dict(cfg)
-
-
-def build_datamodule(data_cfg, aug_cfg=None, seed: int = 0) -> ImageDataModule:
-    """An ImageDataModule from the `data` and `aug` config sections (dicts or OmegaConf).
-    ``data.seed``, when set, wins over ``seed`` (the run's seed)."""
-    data, aug = _as_dict(data_cfg), _as_dict(aug_cfg)
-    for key in data:
-        if key not in _DATA_KEYS:
-            raise choice_error("config key", f"data.{key}", [f"data.{k}" for k in _DATA_KEYS])
-    for key in aug:
-        if key not in _AUG_KEYS + _AUG_IGNORED:
-            raise choice_error("config key", f"aug.{key}", [f"aug.{k}" for k in _AUG_KEYS + _AUG_IGNORED])
-    kwargs = {k: v for k, v in data.items() if v is not None or k in ("val_split", "test_split", "name")}
-    if kwargs.get("seed") is None:
-        kwargs["seed"] = seed
-    kwargs.update({k: aug[k] for k in _AUG_KEYS if aug.get(k) is not None})
-    return ImageDataModule(**kwargs)
+def _as_class_labels(splits: dict, columns: Columns) -> tuple[dict, Columns]:
+    """Integer or string labels as a ClassLabel column, as `datasets` stratifies and encodes them."""
+    feature = datasets.ClassLabel(names=columns.class_names)
+    out = {}
+    for role, (hf, split) in splits.items():
+        try:
+            out[role] = (hf.cast_column(columns.label, feature), split)
+        except (ValueError, KeyError) as exc:
+            raise FmbError(f"labels of split '{split}' do not match the train split's classes "
+                           f"({str(exc).splitlines()[0][:120]}); expected the same class names in every split") from None
+    return out, Columns(columns.image, columns.label, columns.class_names)

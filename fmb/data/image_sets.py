@@ -7,12 +7,47 @@ names its index, or a None that the collate drops and counts (`on_bad_image=skip
 """
 from __future__ import annotations
 
+import zlib
+
 import torch
 import torch.utils.data
 
 from fmb.data.columns import Columns
-from fmb.data.transforms import AugmentState, StateTransform, decode_image
+from fmb.data.transforms import decode_image
 from fmb.errors import FmbError
+
+MAX_SKIP_SLOTS = 65  # slot 0: the main process, slot 1 + k: loader worker k
+
+
+class SkipCounter:
+    """Bad images skipped (`on_bad_image=skip`), counted in shared memory with one slot per
+    process, so loader workers (forked or spawned) never race on one counter."""
+
+    def __init__(self):
+        self.slots = torch.zeros(MAX_SKIP_SLOTS, dtype=torch.int64).share_memory_()
+
+    def add(self) -> None:
+        info = torch.utils.data.get_worker_info()
+        self.slots[0 if info is None else 1 + info.id % (MAX_SKIP_SLOTS - 1)] += 1
+
+    @property
+    def total(self) -> int:
+        return int(self.slots.sum())
+
+
+class HashSplit:
+    """Filter for a streamed carve: a seeded CRC of the image bytes (or path) decides
+    whether an example is held out, identically on every rank and every rerun (a stream
+    cannot be stratified without reading it whole)."""
+
+    def __init__(self, image_column: str, fraction: float, seed: int):
+        self.image_column, self.fraction, self.seed = image_column, fraction, seed
+
+    def __call__(self, example: dict, want_val: bool) -> bool:
+        value = example[self.image_column]
+        data = (value.get("bytes") or (value.get("path") or "").encode()) if isinstance(value, dict) else bytes(str(value), "utf8")
+        bucket = zlib.crc32(data, self.seed & 0xFFFFFFFF) % 10_000
+        return (bucket < self.fraction * 10_000) == want_val
 
 
 class DecodeRows:
@@ -34,12 +69,12 @@ class DecodeRows:
 
 
 class _BadImages:
-    def __init__(self, state: AugmentState, on_bad_image: str, where: str):
-        self.state, self.on_bad_image, self.where = state, on_bad_image, where
+    def __init__(self, skipped: SkipCounter, on_bad_image: str, where: str):
+        self.skipped, self.on_bad_image, self.where = skipped, on_bad_image, where
 
     def __call__(self, position: str, exc: BaseException):
         if self.on_bad_image == "skip":
-            self.state.count_skipped()
+            self.skipped.add()
             return None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FmbError(f"corrupt image at {position} of {self.where} ({reason}); expected a readable image: "
@@ -47,21 +82,20 @@ class _BadImages:
 
 
 class MapImageSet(torch.utils.data.Dataset):
-    """(image tensor, int label) for rows ``indices`` (default: all) of a `datasets.Dataset`."""
+    """(image tensor, int label) for every row of a `datasets.Dataset`."""
 
-    def __init__(self, hf_dataset, columns: Columns, transform: StateTransform, state: AugmentState,
-                 on_bad_image: str = "error", where: str = "split 'train'", indices=None):
+    def __init__(self, hf_dataset, columns: Columns, transform, skipped: SkipCounter,
+                 on_bad_image: str = "error", where: str = "split 'train'"):
         hf_dataset = hf_dataset.select_columns([columns.image, columns.label])
         self.rows = hf_dataset.with_transform(DecodeRows(columns.image))
         self.columns, self.transform = columns, transform
-        self.indices = indices
-        self.bad = _BadImages(state, on_bad_image, where)
+        self.bad = _BadImages(skipped, on_bad_image, where)
 
     def __len__(self) -> int:
-        return len(self.indices) if self.indices is not None else len(self.rows)
+        return len(self.rows)
 
     def __getitem__(self, i: int):
-        index = int(self.indices[i]) if self.indices is not None else int(i)
+        index = int(i)
         row = self.rows[index]
         image = row[self.columns.image]
         if isinstance(image, BaseException):
@@ -79,13 +113,13 @@ class StreamImageSet(torch.utils.data.IterableDataset):
     every rank runs the same number of steps and DDP never waits on a rank that ran dry.
     """
 
-    def __init__(self, hf_stream, columns: Columns, transform: StateTransform, state: AugmentState,
+    def __init__(self, hf_stream, columns: Columns, transform, skipped: SkipCounter,
                  on_bad_image: str = "error", where: str = "split 'train'", batches_per_epoch: int | None = None,
                  batch_size: int = 1, rank: int = 0):
         self.stream = hf_stream.select_columns([columns.image, columns.label])
-        self.columns, self.transform, self.state = columns, transform, state
+        self.columns, self.transform = columns, transform
         self.batches_per_epoch, self.batch_size, self.rank = batches_per_epoch, batch_size, rank
-        self.bad = _BadImages(state, on_bad_image, where)
+        self.bad = _BadImages(skipped, on_bad_image, where)
 
     def __len__(self) -> int:
         if self.batches_per_epoch is None:
@@ -101,7 +135,6 @@ class StreamImageSet(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        self.stream.set_epoch(self.state.epoch)
         quota = self._quota(worker, workers)
         produced, position = 0, 0
         while quota is None or produced < quota:
@@ -124,16 +157,16 @@ class StreamImageSet(torch.utils.data.IterableDataset):
 
 
 class SyntheticImageSet(torch.utils.data.Dataset):
-    """Random normalized-looking tensors at the state's current size: no decoding, no
-    augmentation, deterministic per index. For timing the model, not for learning."""
+    """Random normalized-looking tensors of one size: no decoding, no augmentation,
+    deterministic per index. For timing the model, not for learning."""
 
-    def __init__(self, size: int, num_classes: int, state: AugmentState, train: bool, seed: int = 0):
-        self.size, self.num_classes, self.state, self.train, self.seed = size, num_classes, state, train, seed
+    def __init__(self, size: int, num_classes: int, pixels: int, seed: int = 0):
+        self.size, self.num_classes, self.pixels, self.seed = size, num_classes, pixels, seed
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int):
-        pixels = self.state.image_size if self.train else self.state.eval_image_size
+        pixels = self.pixels
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
         return torch.randn(3, pixels, pixels, generator=generator), int(i) % self.num_classes

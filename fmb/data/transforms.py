@@ -1,10 +1,8 @@
-"""Image transforms and the batch collate, torchvision.transforms.v2 only.
+"""Image decoding, per-image transforms and the batch collate, torchvision.transforms.v2 only.
 
-The knobs progressive learning turns between epochs (train image size, RandAugment
-magnitude, MixUp/CutMix alphas) live in an ``AugmentState``: a few numbers in shared
-memory. Loader workers hold the same storage, and every transform and collate rebuilds its
-torchvision pipeline when the state's version changes, so a change made in the main
-process reaches running workers (persistent or not) without rebuilding the dataset.
+The train transform and the collate are built for one set of values (image size,
+RandAugment level, MixUp/CutMix alphas); progressive learning changes them by having the
+datamodule build a new train loader when its stage changes.
 """
 from __future__ import annotations
 
@@ -13,91 +11,13 @@ import math
 
 import numpy as np
 import torch
-import torch.utils.data
 from PIL import Image as PILImage
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from fmb.errors import FmbError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_RANDAUGMENT_MAGNITUDE = 30  # RandAugment's default 31 magnitude bins: 0..30
-MAX_SKIP_SLOTS = 65  # slot 0: the main process, slot 1 + k: loader worker k
-
-_FIELDS = ("version", "image_size", "eval_image_size", "randaugment_magnitude",
-           "mixup_alpha", "cutmix_alpha", "epoch")
-
-
-def check_augmentation(image_size=None, eval_image_size=None, randaugment_magnitude=None,
-                       mixup_alpha=None, cutmix_alpha=None, crop_ratio=None) -> None:
-    """Raise FmbError for a value no transform can use."""
-    for name, value in (("data.image_size", image_size), ("data.eval_image_size", eval_image_size)):
-        if value is not None and (int(value) != value or value < 1):
-            raise FmbError(f"{name}={value} is not a positive whole number of pixels; expected e.g. 224")
-    if randaugment_magnitude is not None and not 0 <= randaugment_magnitude <= MAX_RANDAUGMENT_MAGNITUDE:
-        raise FmbError(f"aug.randaugment_magnitude={randaugment_magnitude} is out of range; expected 0 "
-                       f"(off) to {MAX_RANDAUGMENT_MAGNITUDE}, e.g. 9")
-    for name, value in (("aug.mixup_alpha", mixup_alpha), ("aug.cutmix_alpha", cutmix_alpha)):
-        if value is not None and value < 0:
-            raise FmbError(f"{name}={value} is negative; expected 0 (off) or a positive alpha, e.g. 0.2")
-    if crop_ratio is not None and not 0 < crop_ratio <= 1:
-        raise FmbError(f"data.crop_ratio={crop_ratio} is outside (0, 1]; expected e.g. 0.875")
-
-
-class AugmentState:
-    """Augmentation settings shared between the main process and loader workers.
-
-    Backed by a shared-memory tensor: with fork the workers inherit the storage, with spawn
-    torch's pickler hands over a handle to it, so both see the main process's writes.
-    """
-
-    def __init__(self, image_size: int, eval_image_size: int, randaugment_magnitude: float = 0.0,
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
-        check_augmentation(image_size, eval_image_size, randaugment_magnitude, mixup_alpha, cutmix_alpha)
-        self._values = torch.zeros(len(_FIELDS), dtype=torch.float64).share_memory_()
-        # bad images skipped, one slot per process so workers never race on a counter
-        self.skipped = torch.zeros(MAX_SKIP_SLOTS, dtype=torch.int64).share_memory_()
-        self.update(image_size=image_size, eval_image_size=eval_image_size,
-                    randaugment_magnitude=randaugment_magnitude, mixup_alpha=mixup_alpha,
-                    cutmix_alpha=cutmix_alpha)
-
-    def update(self, **values) -> None:
-        """Set the given fields (None leaves a field as it is) and bump the version."""
-        check_augmentation(**{k: v for k, v in values.items() if k != "epoch"})
-        for name, value in values.items():
-            if value is not None:
-                self._values[_FIELDS.index(name)] = float(value)
-        self._values[0] += 1
-
-    def get(self, name: str) -> float:
-        return float(self._values[_FIELDS.index(name)])
-
-    @property
-    def version(self) -> int:
-        return int(self._values[0])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.get("image_size"))
-
-    @property
-    def eval_image_size(self) -> int:
-        return int(self.get("eval_image_size"))
-
-    @property
-    def epoch(self) -> int:
-        return int(self.get("epoch"))
-
-    def count_skipped(self) -> None:
-        info = torch.utils.data.get_worker_info()
-        slot = 0 if info is None else 1 + info.id % (MAX_SKIP_SLOTS - 1)
-        self.skipped[slot] += 1
-
-    def total_skipped(self) -> int:
-        return int(self.skipped.sum())
-
-
 def to_rgb(image: PILImage.Image) -> PILImage.Image:
     """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) as 8-bit RGB.
 
@@ -182,70 +102,29 @@ def build_eval_transform(image_size: int, crop_ratio: float = 0.875, normalize: 
                       T.CenterCrop(image_size)] + _tail(normalize))
 
 
-class StateTransform:
-    """Per-image transform that follows an AugmentState (rebuilt when its version changes).
-    It yields uint8 tensors; `Collate` normalizes the batch."""
-
-    def __init__(self, state: AugmentState, train: bool, crop_ratio: float = 0.875, crop_scale_min: float = 0.08,
-                 hflip: bool = True):
-        self.state, self.train, self.crop_ratio = state, train, crop_ratio
-        self.crop_scale_min, self.hflip = crop_scale_min, hflip
-        self._version, self._transform = -1, None
-
-    def current(self) -> T.Compose:
-        version = self.state.version
-        if version != self._version:
-            if self.train:
-                self._transform = build_train_transform(self.state.image_size,
-                                                        self.state.get("randaugment_magnitude"), normalize=False,
-                                                        crop_scale_min=self.crop_scale_min, hflip=self.hflip)
-            else:
-                self._transform = build_eval_transform(self.state.eval_image_size, self.crop_ratio, normalize=False)
-            self._version = version
-        return self._transform
-
-    def __call__(self, image: PILImage.Image) -> torch.Tensor:
-        return self.current()(image)
-
-    def __getstate__(self):  # workers rebuild the pipeline from the shared state
-        return {**self.__dict__, "_version": -1, "_transform": None}
-
-
 class Collate:
-    """Stack (image, label) pairs, convert uint8 images to normalized float32, dropping the None a skipped bad image leaves; on train
-    batches apply MixUp / CutMix (one of them, chosen at random, when both are on), which
-    turns the int64 labels into float soft labels of shape [B, num_classes]."""
+    """Stack (uint8 image, label) pairs into a normalized float batch, dropping the None a
+    skipped bad image leaves; with `mixup_alpha`/`cutmix_alpha` (train batches) apply MixUp
+    or CutMix (one at random when both are on), which turns the labels into soft labels of
+    shape [B, num_classes]."""
 
-    def __init__(self, state: AugmentState, num_classes: int, mix: bool):
-        self.state, self.num_classes, self.mix = state, num_classes, mix
-        self._version, self._mixer = -1, None
-
-    def mixer(self):
-        version = self.state.version
-        if version != self._version:
-            mixup, cutmix = self.state.get("mixup_alpha"), self.state.get("cutmix_alpha")
-            choices = []
-            if mixup > 0:
-                choices.append(T.MixUp(alpha=mixup, num_classes=self.num_classes))
-            if cutmix > 0:
-                choices.append(T.CutMix(alpha=cutmix, num_classes=self.num_classes))
-            self._mixer = None if not choices else choices[0] if len(choices) == 1 else T.RandomChoice(choices)
-            self._version = version
-        return self._mixer
+    def __init__(self, num_classes: int, image_size: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+        self.image_size = image_size
+        choices = []
+        if mixup_alpha > 0:
+            choices.append(T.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            choices.append(T.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mixer = None if not choices else choices[0] if len(choices) == 1 else T.RandomChoice(choices)
 
     def __call__(self, batch):
         batch = [item for item in batch if item is not None]
         if not batch:
-            size = self.state.image_size if self.mix else self.state.eval_image_size
-            return torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.int64)
+            return torch.empty(0, 3, self.image_size, self.image_size), torch.empty(0, dtype=torch.int64)
         images = torch.stack([image for image, _ in batch])
         if images.dtype == torch.uint8:
             images = normalize_batch(images)
         labels = torch.as_tensor([label for _, label in batch], dtype=torch.int64)
-        mixer = self.mixer() if self.mix else None
-        if mixer is not None:
-            images, labels = mixer(images, labels)
+        if self.mixer is not None:
+            images, labels = self.mixer(images, labels)
         return images, labels
-
-    def __getstate__(self):
-        return {**self.__dict__, "_version": -1, "_mixer": None}

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from fmb.data import build_datamodule
+from fmb.config import TrainConfig, from_dict
+from fmb.data import ImageDataModule
 from fmb.errors import FmbError
 from fmb.training.module import ImageClassifier, accuracy_metrics
 
@@ -22,10 +23,22 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's input problem
         raise FmbError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or "model_kwargs" not in hp or "state_dict" not in ckpt:
+    if not isinstance(hp, dict) or not ({"config", "model_kwargs"} & set(hp)) or "state_dict" not in ckpt:
         raise FmbError(f"{path} is not an fmb checkpoint (no model hyperparameters); expected a .ckpt written "
                        "by fmb train — for torchvision/timm weights use model.pretrained=PATH")
     return ckpt
+
+
+def _upgrade(hp: dict) -> dict:
+    """Hyperparameters of a release-0.1 checkpoint (model_kwargs, optim, data, run_config) in
+    today's shape (the whole config), so its runs still evaluate."""
+    if "config" in hp or "run_config" not in hp:
+        return hp
+    config = dict(hp["run_config"])
+    config["data"] = {**config.get("data", {}), **{k: hp["data"][k] for k in ("image_size", "eval_image_size")
+                                                   if k in (hp.get("data") or {})}}
+    return {"config": config, "num_classes": hp["num_classes"], "class_names": hp.get("class_names"),
+            "bn_eps": hp["model_kwargs"].get("bn_eps")}
 
 
 def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
@@ -34,9 +47,10 @@ def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
     With EMA, Lightning stores the averaged weights as `state_dict` and the raw ones as
     `current_model_state`; `ema=False` picks the raw ones.
     """
-    hp = dict(ckpt["hyper_parameters"])
-    hp["compile"] = False
-    module = ImageClassifier(**hp)
+    hp = _upgrade(dict(ckpt["hyper_parameters"]))
+    config = from_dict(hp["config"])
+    config.model.compile = False
+    module = ImageClassifier(config, hp["num_classes"], hp.get("class_names"), bn_eps=hp.get("bn_eps"))
     state = ckpt["state_dict"]
     if not ema:
         if "current_model_state" not in ckpt:
@@ -46,29 +60,36 @@ def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
     return module.eval()
 
 
-def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: dict | None = None,
+def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list[str] | None = None,
              resolution: int | None = None, ema: bool = True, batch_size: int | None = None,
              device: str = "cpu") -> dict:
-    """Evaluate on the run's own data (or `data_overrides`), single process: exact counts, no padding."""
+    """Evaluate on the run's own data (or with `data_overrides`, `key=value` items of data.*),
+    single process: exact counts, no padding."""
     if split not in ("val", "test"):
         raise FmbError(f"unknown split '{split}'; expected 'val' or 'test'")
     ckpt = load_checkpoint(checkpoint)
     module = restore_module(ckpt, ema=ema).to(device)
-    hp = ckpt["hyper_parameters"]
-    data_cfg = {**(hp.get("data") or {}), **(data_overrides or {})}
+    hp = _upgrade(dict(ckpt["hyper_parameters"]))
+    overrides = [f"data.{item.removeprefix('data.')}" for item in data_overrides or []]
     if resolution is not None:
-        data_cfg["eval_image_size"] = resolution
+        overrides.append(f"data.eval_image_size={resolution}")
     if batch_size is not None:
-        data_cfg["batch_size"] = batch_size
-    seed = (hp.get("run_config") or {}).get("run", {}).get("seed", 0)
-    datamodule = build_datamodule(data_cfg, None, seed=seed)
+        overrides.append(f"data.batch_size={batch_size}")
+    saved = dict(hp["config"])
+    saved.pop("trainer", None)  # evaluation needs none of the saved trainer's settings
+    cfg = _with_overrides(saved, overrides)
+    datamodule = ImageDataModule(cfg.data, cfg.aug, seed=cfg.run.seed)
     datamodule.setup("validate" if split == "val" else "test")
     num_classes = hp["num_classes"]
     if datamodule.num_classes != num_classes or (hp.get("class_names") and list(hp["class_names"]) != datamodule.class_names):
         raise FmbError(f"checkpoint was trained on {num_classes} classes "
                        f"({', '.join(map(str, (hp.get('class_names') or [])[:5]))}, ...) but the data has "
                        f"{datamodule.num_classes} ({', '.join(datamodule.class_names[:5])}, ...); expected the same classes")
-    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    role = "val" if split == "val" else "test"
+    if not datamodule.has_split(role):
+        raise FmbError(f"data.source '{cfg.data.source}' has no test split; expected data.test_split=NAME "
+                       "(fmb eval --data test_split=NAME), or --split val")
+    loader = datamodule.val_dataloader() if role == "val" else datamodule.test_dataloader()
 
     metrics = accuracy_metrics(num_classes).to(device)
     per_class = MulticlassAccuracy(num_classes, average=None).to(device)
@@ -101,6 +122,18 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: dict
                       for i, (n, a) in enumerate(zip(names, per_class.compute().cpu()))],
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def _with_overrides(saved: dict, overrides: list[str]) -> TrainConfig:
+    """The saved config with data overrides, parsed and checked as fmb train's are."""
+    from omegaconf import OmegaConf
+
+    from fmb.config import parse_overrides
+
+    groups, nested = parse_overrides(overrides)
+    if groups:
+        raise FmbError("--data takes key=value items of the data section, e.g. source=/path/to/images")
+    return from_dict(OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(saved), nested)))
 
 
 def plot_confusion(result: dict, path: str | Path) -> None:

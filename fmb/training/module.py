@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from fmb.config import ModelConfig, TrainConfig, from_dict, to_dict
 from fmb.errors import FmbError
 from fmb.models import create_model
 from fmb.training.optim import build_optimizer, effective_lr, global_batch_size, lr_factor, param_groups
@@ -23,24 +24,33 @@ def accuracy_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(metrics)
 
 
-class ImageClassifier(L.LightningModule):
-    """Everything needed to rebuild the model is in the hyperparameters, so a checkpoint
-    alone is enough for `fmb eval` (plain Python types only: it loads with weights_only)."""
+def model_kwargs(model: ModelConfig) -> dict:
+    """`create_model` keywords from the model section (its training-only keys left out)."""
+    return {"name": model.variant, "blocks": model.blocks, "stage_overrides": dict(model.stage_overrides) or None,
+            "width_mult": model.width_mult, "depth_mult": model.depth_mult, "drop_rate": model.drop_rate,
+            "drop_path_rate": model.drop_path_rate, "padding": model.padding}
 
-    def __init__(self, model_kwargs: dict, num_classes: int, class_names: list | None = None,
-                 optim: dict | None = None, sched: dict | None = None, label_smoothing: float = 0.0,
-                 channels_last: bool = False, compile: bool = False, data: dict | None = None,
-                 run_config: dict | None = None):
+
+class ImageClassifier(L.LightningModule):
+    """An fmb EfficientNet trained as `config` says (the whole run config, typed or as saved).
+
+    The hyperparameters are that config as plain data, the classes and the BN eps of
+    pretrained weights, so a checkpoint alone rebuilds the module (it loads with
+    weights_only=True). `config.data` must hold the resolved image sizes.
+    """
+
+    def __init__(self, config: TrainConfig | dict, num_classes: int, class_names: list | None = None,
+                 bn_eps: float | None = None):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = create_model(**model_kwargs, num_classes=num_classes)
-        self.optim_cfg = optim or {"name": "sgd", "lr": 0.1, "lr_per_256": True, "weight_decay": 0.0, "momentum": 0.9}
-        self.sched_cfg = sched or {"name": "constant", "warmup_epochs": 0}
-        if channels_last:
+        self.cfg = from_dict(config) if isinstance(config, dict) else config
+        self.save_hyperparameters({"config": to_dict(self.cfg), "num_classes": num_classes,
+                                   "class_names": class_names, "bn_eps": bn_eps})
+        self.model = create_model(**model_kwargs(self.cfg.model), num_classes=num_classes, bn_eps=bn_eps)
+        if self.cfg.model.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Compile the forward only, kept out of the registered submodules so the state dict
         # holds one copy of the weights, under `model.`.
-        self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
+        self.__dict__["_compiled"] = torch.compile(self.model) if self.cfg.model.compile else None
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
         self.val_raw_metrics = accuracy_metrics(num_classes).clone(prefix="val_raw/")
         self.test_metrics = accuracy_metrics(num_classes).clone(prefix="test/")
@@ -50,13 +60,13 @@ class ImageClassifier(L.LightningModule):
         self.images_per_sec: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
+        if self.cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.model if self._compiled is None else self._compiled)(x)
 
     def loss(self, logits, targets):
         # Works for class indices and for MixUp/CutMix soft targets alike.
-        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(logits, targets, label_smoothing=self.cfg.aug.label_smoothing)
 
     # --- training -------------------------------------------------------------------
     def on_train_epoch_start(self):
@@ -127,17 +137,16 @@ class ImageClassifier(L.LightningModule):
 
     # --- optimization ---------------------------------------------------------------
     def configure_optimizers(self):
-        cfg, sched = self.optim_cfg, self.sched_cfg
-        per_device = (self.hparams.data or {}).get("batch_size", 1)
-        self.base_lr = effective_lr(cfg["lr"], cfg.get("lr_per_256", True), global_batch_size(per_device, self.trainer))
-        optimizer = build_optimizer(cfg["name"], param_groups(self.model, cfg["weight_decay"]),
-                                    self.base_lr, cfg.get("momentum", 0.9))
+        optim, sched = self.cfg.optim, self.cfg.sched
+        self.base_lr = effective_lr(optim.lr, optim.lr_per_256, global_batch_size(self.cfg.data.batch_size, self.trainer))
+        optimizer = build_optimizer(optim.name, param_groups(self.model, optim.weight_decay), self.base_lr,
+                                    optim.momentum)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         factor = functools.partial(
-            lr_factor, name=sched["name"], total_steps=total, steps_per_epoch=max(1.0, total / epochs),
-            warmup_epochs=sched.get("warmup_epochs", 0), decay_rate=sched.get("decay_rate", 0.97),
-            decay_epochs=sched.get("decay_epochs", 2.4), min_lr_ratio=sched.get("min_lr_ratio", 0.0),
+            lr_factor, name=sched.name, total_steps=total, steps_per_epoch=max(1.0, total / epochs),
+            warmup_epochs=sched.warmup_epochs, decay_rate=sched.decay_rate, decay_epochs=sched.decay_epochs,
+            min_lr_ratio=sched.min_lr_ratio,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

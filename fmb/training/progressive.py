@@ -6,9 +6,12 @@ maximum (last stage). Weights carry over; only the data pipeline and dropout cha
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from fmb.config.schema import ProgressiveConfig
 
 # Table 6: (min, max) per variant size. B0-B3 and V1 use S's; XL uses L's.
 PRESETS = {
@@ -72,15 +75,18 @@ def plan_stages(variant: str, max_epochs: int, stages: int, max_image_size: int,
 
 
 class ProgressiveLearning(Callback):
-    """Applies the stage of the coming epoch to the datamodule and the model's dropout.
+    """Plans the stages at setup from `trainer.datamodule` (its resolved train size) and the
+    run's epochs, then gives each epoch its stage: image size, RandAugment and mixup to the
+    datamodule (which builds a new train loader for them) and dropout to the model.
 
-    Values must be in place before the epoch's loader iterator (and its workers) is made,
-    which Lightning does before `on_train_epoch_start`; so the next epoch's values are set
-    at the end of the previous one, at setup (fresh run) and from the checkpoint (resume).
+    Lightning asks for the epoch's train loader before `on_train_epoch_start`, so the next
+    epoch's values are set at the end of the previous one, at setup (fresh run) and from
+    the checkpoint (resume).
     """
 
-    def __init__(self, plan: list[StageValues]):
-        self.plan = plan
+    def __init__(self, cfg: ProgressiveConfig, variant: str):
+        self.cfg, self.variant = cfg, variant
+        self.plan: list[StageValues] = []
 
     def values_for(self, epoch: int) -> StageValues:
         for values in self.plan:
@@ -90,17 +96,23 @@ class ProgressiveLearning(Callback):
 
     def _apply(self, trainer, pl_module, epoch: int) -> StageValues:
         values = self.values_for(epoch)
-        datamodule = trainer.datamodule
-        if datamodule is not None:
-            datamodule.set_augmentation(image_size=values.image_size,
-                                        randaugment_magnitude=values.randaugment_magnitude,
-                                        mixup_alpha=values.mixup_alpha)
+        trainer.datamodule.set_train_stage(image_size=values.image_size,
+                                           randaugment_magnitude=values.randaugment_magnitude,
+                                           mixup_alpha=values.mixup_alpha)
         pl_module.model.set_drop_rate(values.dropout)
         return values
 
     def setup(self, trainer, pl_module, stage):
-        if stage == "fit":
-            self._apply(trainer, pl_module, 0)
+        if stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        datamodule.setup("fit")
+        bounds = {f.name: getattr(self.cfg, f.name) for f in fields(self.cfg) if f.name.startswith(("min_", "max_"))}
+        self.plan = plan_stages(self.variant, trainer.max_epochs, self.cfg.stages, datamodule.image_size, bounds)
+        rank_zero_info("progressive: " + ", ".join(
+            f"stage {v.stage}: epochs {v.first_epoch}-{v.last_epoch} {v.image_size}px RA{v.randaugment_magnitude:g} "
+            f"mixup {v.mixup_alpha:g} dropout {v.dropout:g}" for v in self.plan))
+        self._apply(trainer, pl_module, 0)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         # The epoch a resumed run starts with: Lightning counts an epoch whose batches were
@@ -109,12 +121,12 @@ class ProgressiveLearning(Callback):
         self._apply(trainer, pl_module, int(progress.get("processed", checkpoint.get("epoch", 0))))
 
     def on_train_epoch_start(self, trainer, pl_module):
-        values = self._apply(trainer, pl_module, trainer.current_epoch)
-        pl_module.log("progressive/stage", float(values.stage), prog_bar=True, rank_zero_only=True)
-        pl_module.log("progressive/image_size", float(values.image_size), prog_bar=True, rank_zero_only=True)
-        pl_module.log("progressive/randaugment", float(values.randaugment_magnitude), rank_zero_only=True)
-        pl_module.log("progressive/mixup", float(values.mixup_alpha), rank_zero_only=True)
-        pl_module.log("progressive/dropout", float(values.dropout), rank_zero_only=True)
+        values = self.values_for(trainer.current_epoch)
+        for key, value in (("stage", values.stage), ("image_size", values.image_size),
+                           ("randaugment", values.randaugment_magnitude), ("mixup", values.mixup_alpha),
+                           ("dropout", values.dropout)):
+            pl_module.log(f"progressive/{key}", float(value), prog_bar=key in ("stage", "image_size"),
+                          rank_zero_only=True)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self._apply(trainer, pl_module, trainer.current_epoch + 1)

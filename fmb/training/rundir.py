@@ -13,13 +13,6 @@ from fmb.errors import FmbError
 RUN_DIR_ENV = "FMB_RUN_DIR"
 
 
-def global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
 def _started_by_lightning() -> bool:
     """A rank > 0 that Lightning's launcher started: it sets LOCAL_RANK (torchrun does too,
     with its run id; SLURM sets SLURM_LOCALID instead). Not RANK/SLURM_PROCID: a child of a

@@ -1,0 +1,194 @@
+"""Load a run configuration: schema defaults ← YAML files in order ← `key=value` overrides.
+
+The schema (fmb/config/schema.py) holds every default and check. Files patch it;
+`data=NAME` replaces the whole `data` section with configs/data/NAME.yaml. A file is a
+path or a preset name (`-c digits_v2s` finds configs/experiment/digits_v2s.yaml). With no
+file at all, `fmb train` runs the front door, configs/experiment/digits_v2s.yaml.
+"""
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError, ConfigKeyError, ConfigTypeError, OmegaConfBaseException, ValidationError,
+)
+
+from fmb.config.schema import (
+    AugConfig, DataConfig, EmaConfig, ModelConfig, OptimConfig, ProgressiveConfig, RunConfig, SchedConfig,
+    TrainConfig,
+)
+from fmb.errors import FmbError, choice_error, nearest
+
+__all__ = ["TrainConfig", "ModelConfig", "DataConfig", "AugConfig", "OptimConfig", "SchedConfig",
+           "ProgressiveConfig", "EmaConfig", "RunConfig", "load_config", "from_dict", "to_dict", "to_yaml",
+           "read_yaml", "find_preset", "parse_overrides", "CONFIG_DIR", "FRONT_DOOR"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+FRONT_DOOR = "experiment/digits_v2s"
+GROUPS = ("data",)  # `data=NAME` on the command line swaps the whole section
+MOVED = {("aug", "hflip"): "data", ("aug", "crop_scale_min"): "data"}  # keys of release 0.1's configs
+
+
+def find_preset(name: str | Path) -> Path:
+    """A YAML path as given, or a preset under configs/: `digits_v2s`, `experiment/digits_v2s`,
+    or `configs/experiment/digits_v2s.yaml` from any directory."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    stem = str(name).removeprefix("configs/").removesuffix(".yaml")
+    hits = [p for p in (CONFIG_DIR / f"{stem}.yaml", *CONFIG_DIR.glob(f"*/{stem}.yaml")) if p.is_file()]
+    if hits:
+        return hits[0]
+    presets = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.glob("*/*.yaml"))
+    raise FmbError(f"config file not found: {name}; expected a YAML path or a preset name such as "
+                   f"{FRONT_DOOR}{nearest(stem, presets + [Path(p).name for p in presets])}")
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    """A YAML mapping as a DictConfig, with one-line errors naming the file (and line)."""
+    path = find_preset(path)
+    if path.is_dir():
+        raise FmbError(f"config path {path} is a directory; expected a YAML file such as "
+                       f"configs/{FRONT_DOOR}.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FmbError(f"config file {path} is not UTF-8 text; expected a YAML file") from None
+    except OSError as exc:
+        raise FmbError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FmbError(f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FmbError(f"config file {path} must hold a mapping of sections (model:, data:, ...), "
+                       f"got {type(data).__name__}")
+    return OmegaConf.create(_migrate(data))
+
+
+def _migrate(data: dict) -> dict:
+    """Move keys that changed section since release 0.1, so its run directories still resume."""
+    for (section, key), target in MOVED.items():
+        old = data.get(section)
+        if isinstance(old, dict) and key in old:
+            data.setdefault(target, {}).setdefault(key, old.pop(key))
+    return data
+
+
+def parse_overrides(items) -> tuple[list[tuple[str, str]], DictConfig]:
+    """`key=value` items → (group selections such as ('data', 'cifar10'), nested overrides)."""
+    groups, dotted = [], []
+    for text in items:
+        key, sep, value = str(text).partition("=")
+        if not sep or not key.strip():
+            raise FmbError(f"cannot parse override '{text}'; expected key=value, e.g. model.variant=efficientnetv2_m")
+        if not value.strip():
+            raise FmbError(f"override '{text}' has no value; expected {key.strip()}=VALUE, or {key.strip()}=null "
+                           "for the default")
+        if key.strip() in GROUPS:
+            groups.append((key.strip(), value.strip()))
+        else:
+            dotted.append(f"{key.strip()}={value}")
+    try:
+        nested = OmegaConf.to_container(OmegaConf.from_dotlist(dotted))
+    except OmegaConfBaseException as exc:
+        raise FmbError(f"cannot parse overrides {' '.join(dotted)}: {str(exc).splitlines()[0]}") from None
+    stages = (nested.get("model") or {}).get("stage_overrides")
+    if isinstance(stages, dict):  # `model.stage_overrides.4.k=v` names stage 4, as YAML's {4: ...} does
+        nested["model"]["stage_overrides"] = {int(k) if str(k).isdigit() else k: v for k, v in stages.items()}
+    return groups, OmegaConf.create(_migrate(nested))
+
+
+def _schema_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, DictConfig) and key != "trainer":
+            keys.extend(_schema_keys(value, f"{prefix}{key}."))
+    return keys
+
+
+def _schema_type(full_key: str) -> str:
+    obj: Any = TrainConfig
+    for part in full_key.split("."):
+        hints = typing.get_type_hints(obj) if isinstance(obj, type) else {}
+        if part not in hints:
+            return ""
+        obj = hints[part]
+    return str(obj).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _literal_choices(full_key: str) -> list[str] | None:
+    obj: Any = TrainConfig
+    for part in full_key.split("."):
+        hints = typing.get_type_hints(obj) if isinstance(obj, type) else {}
+        if part not in hints:
+            return None
+        obj = hints[part]
+    return [str(a) for a in typing.get_args(obj)] if typing.get_origin(obj) is typing.Literal else None
+
+
+def _merge(base: DictConfig, other, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        key = exc.full_key or str(getattr(exc, "key", ""))
+        valid = _schema_keys(OmegaConf.structured(TrainConfig))
+        raise FmbError(f"unknown config key '{key}' in {origin}{nearest(key, valid)}") from None
+    except (ValidationError, ConfigTypeError) as exc:
+        choices = _literal_choices(exc.full_key) if exc.full_key else None
+        if choices:
+            raise choice_error(exc.full_key, getattr(exc, "value", "?"), choices) from None
+        expected = _schema_type(exc.full_key) if exc.full_key else ""
+        detail = (exc.msg or str(exc) or type(exc).__name__).splitlines()[0]
+        raise FmbError(f"wrong value for '{exc.full_key or 'a section'}' in {origin}: {detail}"
+                       f"{'; expected ' + expected if expected else ''}"
+                       " (sections such as model: hold a mapping of keys)") from None
+    except OmegaConfBaseException as exc:
+        raise FmbError(f"invalid config in {origin}: {str(exc).splitlines()[0]}") from None
+
+
+def _select_group(cfg: DictConfig, group: str, name: str) -> DictConfig:
+    """Replace section `group` with the schema's defaults and configs/<group>/<name>.yaml."""
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        raise FmbError(f"unknown {group} preset '{name}'; expected one of {', '.join(names)}{nearest(name, names)}")
+    preset = read_yaml(path)
+    if set(preset) - {group}:
+        raise FmbError(f"{path} is a {group} preset and may only hold a {group}: section")
+    fresh = OmegaConf.structured(TrainConfig)[group]
+    cfg[group] = _merge(fresh, preset.get(group) or {}, str(path))
+    return cfg
+
+
+def load_config(files=(), overrides=(), *, front_door: bool = False) -> TrainConfig:
+    """Schema ← each YAML file in order (the front door when `front_door` and none) ← overrides."""
+    cfg = OmegaConf.structured(TrainConfig)
+    files = list(files) or ([FRONT_DOOR] if front_door else [])
+    for file in files:
+        cfg = _merge(cfg, read_yaml(file), str(find_preset(file)))
+    groups, nested = parse_overrides(overrides)
+    for group, name in groups:
+        cfg = _select_group(cfg, group, name)
+    cfg = _merge(cfg, nested, "overrides " + " ".join(map(str, overrides)))
+    return OmegaConf.to_object(cfg)  # runs every section's checks
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A config saved as plain data (a checkpoint's hyperparameters, a run's config.yaml) → typed."""
+    return OmegaConf.to_object(_merge(OmegaConf.structured(TrainConfig), _migrate(dict(values)), "saved config"))
+
+
+def to_dict(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,235 @@
+"""The run configuration: every key, its default, its allowed values and its check, in one place.
+
+Each section is a dataclass that OmegaConf reads as a structured config (so a misspelt key or
+a value of the wrong type fails while merging) and that checks its own values in
+`__post_init__` when `load_config` turns the merged config into these objects. A field's
+`doc` is what `fmb train --help` and `--print-config` show.
+
+Defaults are neutral (the paper's ImageNet recipe where it has one); the digits front door
+is configs/experiment/digits_v2s.yaml.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional
+
+from fmb.errors import FmbError
+
+MAX_IMAGE_SIZE = 2048  # past this a single image's activations alone take gigabytes
+MAX_RANDAUGMENT_MAGNITUDE = 30.0  # the official RandAugment level runs 0..30 (10 = the ops' base range)
+
+
+def opt(default, doc: str):
+    """A field with a default and a one-line doc (mutable defaults are copied per instance)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def _bad(key: str, value, expected: str) -> FmbError:
+    return FmbError(f"invalid {key}={value!r}; expected {expected}")
+
+
+def check_number(key: str, value, *, low=None, high=None, low_open=False, high_open=False,
+                 expected: str = "") -> None:
+    """NaN/inf and out-of-range numbers fail with the range in the message; None passes."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise _bad(key, value, expected or "a finite number")
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        span = f"{left}{'-inf' if low is None else low:g}, {'inf' if high is None else high:g}{right}"
+        raise _bad(key, value, expected or f"a number in {span}")
+
+
+@dataclass
+class ModelConfig:
+    variant: str = opt("efficientnetv2_s", "model name, see `fmb models`")
+    blocks: Optional[str] = opt(None, "placement, one letter per stage (F fused, M MBConv); null = the variant's")
+    stage_overrides: dict[int, dict[str, Any]] = opt({}, "per-stage fields, e.g. {4: {se_ratio: 0.0}}")
+    width_mult: Optional[float] = opt(None, "multiplies the variant's width")
+    depth_mult: Optional[float] = opt(None, "multiplies the variant's depth")
+    drop_rate: Optional[float] = opt(None, "dropout before the classifier; null = the variant's")
+    drop_path_rate: Optional[float] = opt(None, "stochastic depth of the last block; null = the variant's")
+    padding: Literal["symmetric", "same"] = opt("symmetric", "same = TensorFlow padding, for tf_ weights")
+    pretrained: Optional[str] = opt(None, "a torchvision / timm / fmb weights file to start from")
+    sync_bn: Optional[bool] = opt(None, "SyncBatchNorm; null = on with several CUDA devices")
+    channels_last: bool = opt(False, "NHWC memory format")
+    compile: bool = opt(False, "torch.compile the forward pass")
+
+    def __post_init__(self):
+        from fmb.models import build_stages
+
+        if self.blocks is not None and not str(self.blocks).strip():
+            raise _bad("model.blocks", self.blocks, "a placement such as FFFMMM, or null for the variant's own")
+        for key in ("drop_rate", "drop_path_rate"):
+            check_number(f"model.{key}", getattr(self, key), low=0, high=1, high_open=True)
+        for key in ("width_mult", "depth_mult"):
+            check_number(f"model.{key}", getattr(self, key), low=0, high=16, low_open=True,
+                         expected="a positive multiplier such as 0.25 or 1.0")
+        # Builds no module: checks the variant, placement and overrides before any work.
+        build_stages(self.variant, self.blocks, self.stage_overrides or None, self.width_mult, self.depth_mult)
+
+
+@dataclass
+class DataConfig:
+    source: str = opt("digits", "hub id, local folder/files, save_to_disk dir, digits or synthetic")
+    name: Optional[str] = opt(None, "the hub dataset's configuration name")
+    train_split: str = opt("train", "split to train on")
+    val_split: Optional[str] = opt(None, "null = validation/valid/val/dev if present, else carved from train")
+    test_split: Optional[str] = opt(None, "null = test if present")
+    val_fraction: float = opt(0.1, "share of train held out for validation when the source has none")
+    split_seed: int = opt(0, "seed of the carved validation split (fixed, so every run sees the same one)")
+    image_column: Optional[str] = opt(None, "null = detected (the Image feature)")
+    label_column: Optional[str] = opt(None, "null = detected (the ClassLabel, or label/labels/...)")
+    image_size: Optional[int] = opt(None, "train size; null = the variant's, capped at 4x small images")
+    eval_image_size: Optional[int] = opt(None, "null = scaled from the train size as the variant's")
+    crop_ratio: float = opt(0.875, "eval centre crop: resize to size/crop_ratio, crop size")
+    crop_scale_min: float = opt(0.08, "smallest RandomResizedCrop area (tiny images need more kept)")
+    hflip: bool = opt(True, "random horizontal flips; off where mirroring changes the class")
+    batch_size: int = opt(32, "images per device per step")
+    num_workers: int = opt(2, "loader worker processes")
+    streaming: bool = opt(False, "stream the source instead of downloading it")
+    on_bad_image: Literal["error", "skip"] = opt("error", "an unreadable image stops the run, or is skipped")
+    cache_dir: Optional[str] = opt(None, "datasets cache; null = its default")
+    shuffle_buffer: int = opt(1000, "streaming: examples in the shuffle buffer")
+    synthetic_size: int = opt(512, "source=synthetic: train examples")
+    synthetic_classes: int = opt(10, "source=synthetic: classes")
+    pin_memory: Optional[bool] = opt(None, "null = on with CUDA")
+    persistent_workers: Optional[bool] = opt(None, "null = on when there are workers")
+
+    def __post_init__(self):
+        if not str(self.source).strip():
+            raise _bad("data.source", self.source, "a hub id, a local path, digits or synthetic")
+        check_number("data.val_fraction", self.val_fraction, low=0, high=1, low_open=True, high_open=True)
+        check_number("data.crop_ratio", self.crop_ratio, low=0, high=1, low_open=True)
+        check_number("data.crop_scale_min", self.crop_scale_min, low=0, high=1, low_open=True)
+        for key in ("image_size", "eval_image_size"):
+            check_number(f"data.{key}", getattr(self, key), low=16, high=MAX_IMAGE_SIZE,
+                         expected=f"16 to {MAX_IMAGE_SIZE} px (the network downsamples 32x), e.g. 224")
+        for key, low in (("batch_size", 1), ("num_workers", 0), ("shuffle_buffer", 1), ("synthetic_size", 1),
+                         ("synthetic_classes", 2)):
+            check_number(f"data.{key}", getattr(self, key), low=low, expected=f"a whole number >= {low}")
+
+
+@dataclass
+class AugConfig:
+    randaugment_magnitude: float = opt(0.0, "RandAugment level on the official scale (10 = base range); 0 = off")
+    mixup_alpha: float = opt(0.0, "MixUp alpha; 0 = off")
+    cutmix_alpha: float = opt(0.0, "CutMix alpha; 0 = off")
+    label_smoothing: float = opt(0.1, "label smoothing of the loss")
+
+    def __post_init__(self):
+        check_number("aug.randaugment_magnitude", self.randaugment_magnitude, low=0, high=MAX_RANDAUGMENT_MAGNITUDE)
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            check_number(f"aug.{key}", getattr(self, key), low=0, expected="0 (off) or a positive alpha, e.g. 0.2")
+        check_number("aug.label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["rmsprop", "rmsprop_torch", "sgd", "adamw"] = opt(
+        "rmsprop", "rmsprop = TensorFlow's (the paper's); rmsprop_torch = torch.optim.RMSprop")
+    lr: float = opt(0.016, "learning rate (per 256 images when lr_per_256)")
+    lr_per_256: bool = opt(True, "scale lr by global batch / 256, as the paper states it")
+    weight_decay: float = opt(1e-5, "on conv/linear weights only")
+    momentum: float = opt(0.9, "rmsprop/sgd momentum")
+
+    def __post_init__(self):
+        check_number("optim.lr", self.lr, low=0, low_open=True, expected="a positive learning rate, e.g. 0.016")
+        check_number("optim.weight_decay", self.weight_decay, low=0)
+        check_number("optim.momentum", self.momentum, low=0, high=1, high_open=True)
+
+
+@dataclass
+class SchedConfig:
+    name: Literal["cosine", "exponential", "constant"] = opt("exponential", "lr schedule after warmup")
+    warmup_epochs: float = opt(5.0, "linear warmup")
+    decay_rate: float = opt(0.97, "exponential: x decay_rate every decay_epochs")
+    decay_epochs: float = opt(2.4, "exponential: epochs per decay step")
+    min_lr_ratio: float = opt(0.0, "floor of the lr, as a fraction of the peak")
+
+    def __post_init__(self):
+        check_number("sched.warmup_epochs", self.warmup_epochs, low=0)
+        check_number("sched.decay_rate", self.decay_rate, low=0, high=1, low_open=True)
+        check_number("sched.decay_epochs", self.decay_epochs, low=0, low_open=True)
+        check_number("sched.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+
+
+@dataclass
+class ProgressiveConfig:
+    enabled: bool = opt(False, "progressive learning (paper, Section 4.2)")
+    stages: int = opt(4, "stages the epochs are split into")
+    min_image_size: Optional[int] = opt(None, "null = the variant's preset, scaled to the data")
+    max_image_size: Optional[int] = opt(None, "null = data.image_size")
+    min_randaugment: Optional[float] = opt(None, "null = the preset's")
+    max_randaugment: Optional[float] = opt(None, "null = the preset's")
+    min_mixup: Optional[float] = opt(None, "null = the preset's")
+    max_mixup: Optional[float] = opt(None, "null = the preset's")
+    min_dropout: Optional[float] = opt(None, "null = the preset's")
+    max_dropout: Optional[float] = opt(None, "null = the preset's")
+
+    def __post_init__(self):
+        check_number("progressive.stages", self.stages, low=1, expected="a whole number >= 1")
+        for key in ("min_image_size", "max_image_size"):
+            check_number(f"progressive.{key}", getattr(self, key), low=16, high=MAX_IMAGE_SIZE)
+        for key in ("min_randaugment", "max_randaugment"):
+            check_number(f"progressive.{key}", getattr(self, key), low=0, high=MAX_RANDAUGMENT_MAGNITUDE)
+        for key in ("min_mixup", "max_mixup"):
+            check_number(f"progressive.{key}", getattr(self, key), low=0)
+        for key in ("min_dropout", "max_dropout"):
+            check_number(f"progressive.{key}", getattr(self, key), low=0, high=1, high_open=True)
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = opt(False, "validate and save an exponential moving average of the weights")
+    decay: float = opt(0.9999, "EMA decay")
+
+    def __post_init__(self):
+        check_number("ema.decay", self.decay, low=0, high=1, low_open=True, high_open=True,
+                     expected="a number in (0, 1), e.g. 0.9999")
+
+
+@dataclass
+class RunConfig:
+    dir: Optional[str] = opt(None, "run directory; null = runs/<name>/<timestamp>")
+    name: Optional[str] = opt(None, "null = <variant>-<data source>")
+    seed: int = opt(0, "initialisation and data order")
+    deterministic: bool = opt(False, "deterministic kernels (slower)")
+
+
+def default_trainer() -> dict[str, Any]:
+    return {"max_epochs": 10, "accelerator": "auto", "devices": 1, "precision": "32-true", "log_every_n_steps": 10}
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    trainer: dict[str, Any] = field(default_factory=default_trainer,
+                                    metadata={"doc": "passed to lightning.Trainer (max_epochs, devices, ...)"})
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        from fmb.config.trainer import check_trainer
+
+        check_trainer(self.trainer)
+        if self.progressive.enabled and self.trainer.get("max_epochs") in (None, -1):
+            raise FmbError("progressive.enabled needs trainer.max_epochs (stages split the epochs); "
+                           "set trainer.max_epochs or progressive.enabled=false")
+
+
+def section_docs(section) -> dict[str, str]:
+    """{key: doc} of a section dataclass, for help texts."""
+    return {f.name: f.metadata.get("doc", "") for f in fields(section)}
