@@ -47,3 +47,19 @@ def tiny_train_overrides(source, run_dir, **extra):
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the `fmb` app in this process: (exit code, stdout, stderr), as the console script would."""
+    from fmb.cli import app
+
+    def run(*args):
+        try:
+            app([str(a) for a in args], prog_name="fmb")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run

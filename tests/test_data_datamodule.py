@@ -1,5 +1,5 @@
-"""The datamodule: splits, changing augmentation between epochs, streaming shards over ranks
-and workers, Lightning integration, and building from config."""
+"""The datamodule: splits, a new train loader per progressive stage, streaming shards over
+ranks and workers, Lightning integration, and building from config sections."""
 import os
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -14,11 +14,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.utils.data  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import fmb.data.datamodule as datamodule_module  # noqa: E402
-from fmb.data import FmbDataLoader, ImageDataModule, build_datamodule, stratified_split  # noqa: E402
+from fmb.config import AugConfig, DataConfig, load_config  # noqa: E402
+from fmb.data import ImageDataModule  # noqa: E402
 from fmb.errors import FmbError  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -32,53 +31,70 @@ def unique_label_set(n):
     return datasets.Dataset.from_dict({"image": images, "label": list(range(n))}, features=features)
 
 
-def module(source, tmp_path, **kwargs):
-    defaults = dict(image_size=8, batch_size=4, num_workers=0, cache_dir=str(tmp_path / "cache"))
-    return ImageDataModule(source=str(source), **{**defaults, **kwargs})
+def module(source, tmp_path, seed=0, aug=None, **data):
+    defaults = dict(image_size=16, eval_image_size=16, batch_size=4, num_workers=0, cache_dir=str(tmp_path / "cache"))
+    return ImageDataModule(DataConfig(source=str(source), **{**defaults, **data}), AugConfig(**(aug or {})), seed=seed)
 
 
-def test_stratified_carve_is_seeded_disjoint_and_complete():
-    labels = np.repeat(np.arange(5), [10, 20, 30, 7, 3])
-    train, val = stratified_split(labels, 0.2, seed=3)
-    assert len(val) == 14 and len(np.intersect1d(train, val)) == 0
-    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(70))
-    assert np.bincount(labels[val], minlength=5).tolist()[:3] == [2, 4, 6]
-    again, _ = stratified_split(labels, 0.2, seed=3)
-    other, _ = stratified_split(labels, 0.2, seed=4)
-    assert np.array_equal(train, again) and not np.array_equal(train, other)
+def _val_images(dm):
+    return sorted(bytes(row["bytes"]) for row in dm._splits["val"][0]["image"])
 
 
-def test_digits_carve_matches_across_modules(tmp_path):
-    first, second = module("digits", tmp_path, seed=1), module("digits", tmp_path, seed=1)
+def test_carve_is_stratified_and_follows_the_split_seed_not_the_run_seed(tmp_path):
+    first, second = module("digits", tmp_path, seed=1), module("digits", tmp_path, seed=2)
     first.setup("fit"), second.setup("fit")
-    assert np.array_equal(first._splits["val"][1], second._splits["val"][1])
-    labels = np.asarray(first._splits["train"][0]["label"])[first._splits["val"][1]]
-    assert set(np.bincount(labels)) <= {17, 18, 19}  # ~10% of each digit's ~180
+    assert _val_images(first) == _val_images(second)  # every run seed: the same validation images
+    labels = np.asarray(first._splits["val"][0]["label"])
+    assert len(labels) == 180 and set(np.bincount(labels)) <= {17, 18, 19}  # ~10% of each digit's ~180
+    other = module("digits", tmp_path, split_seed=5)
+    other.setup("fit")
+    assert _val_images(other) != _val_images(first)
+    assert len(first._splits["train"][0]) + len(labels) == 1797
+
+
+def test_integer_and_string_labels_are_carved_too(tmp_path):
+    images = [Image.fromarray(np.full((4, 4, 3), i, dtype=np.uint8)) for i in range(40)]
+    for labels in ([i % 4 for i in range(40)], [f"c{i % 4}" for i in range(40)]):
+        datasets.Dataset.from_dict({"image": images, "label": labels}).save_to_disk(str(tmp_path / "plain"))
+        dm = module(tmp_path / "plain", tmp_path, val_fraction=0.25)
+        dm.setup("fit")
+        val = np.bincount(dm._splits["val"][0]["label"], minlength=4)
+        assert dm.num_classes == 4 and val.sum() == 10 and set(val) <= {2, 3}
+        import shutil
+        shutil.rmtree(tmp_path / "plain")
+
+
+def test_one_class_is_refused(tmp_path):
+    images = [Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8))] * 8
+    datasets.Dataset.from_dict({"image": images, "label": [0] * 8}).save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(FmbError, match="expected at least 2 classes"):
+        module(tmp_path / "one", tmp_path).setup("fit")
 
 
 def test_eval_size_and_batches(tmp_path):
-    dm = module("digits", tmp_path, cache_dir=str(tmp_path), image_size=12, eval_image_size=20, batch_size=32)
+    dm = module("digits", tmp_path, cache_dir=str(tmp_path), image_size=16, eval_image_size=20, batch_size=32)
     dm.setup("fit")
     train, val = dm.train_dataloader(), dm.val_dataloader()
     assert len(train) == 1617 // 32 and len(val) == -(-180 // 32)  # drop_last on train only
     images, labels = next(iter(train))
-    assert images.shape == (32, 3, 12, 12) and labels.dtype == torch.int64
+    assert images.shape == (32, 3, 16, 16) and labels.dtype == torch.int64
     images, labels = next(iter(val))
     assert images.shape == (32, 3, 20, 20) and labels.dtype == torch.int64
     assert abs(float(images.mean())) < 3  # normalized, not 0..255
 
 
-def test_changed_augmentation_reaches_persistent_workers_next_epoch(tmp_path):
-    dm = module("digits", tmp_path, cache_dir=str(tmp_path), num_workers=2, persistent_workers=True, batch_size=256)
+def test_a_new_stage_gets_a_new_train_loader_and_an_unchanged_one_keeps_it(tmp_path):
+    dm = module("digits", tmp_path, cache_dir=str(tmp_path), num_workers=1, persistent_workers=True, batch_size=256)
     loader = dm.train_dataloader()
-    first = {tuple(images.shape[-2:]) for images, _ in loader}
-    dm.set_augmentation(image_size=16, randaugment_magnitude=9, mixup_alpha=0.4, cutmix_alpha=1.0)
-    batches = list(loader)  # same loader, same worker processes
-    assert first == {(8, 8)}
-    assert {tuple(images.shape[-2:]) for images, _ in batches} == {(16, 16)}
+    assert {tuple(images.shape[-2:]) for images, _ in loader} == {(16, 16)}
+    assert dm.train_dataloader() is loader  # same values: the same loader and its workers
+    dm.set_train_stage(image_size=24, randaugment_magnitude=9, mixup_alpha=0.4)
+    changed = dm.train_dataloader()
+    batches = list(changed)
+    assert changed is not loader and {tuple(images.shape[-2:]) for images, _ in batches} == {(24, 24)}
     assert all(targets.shape == (256, 10) and targets.dtype == torch.float32 for _, targets in batches)
-    dm.set_augmentation(mixup_alpha=0.0, cutmix_alpha=0.0)
-    assert next(iter(loader))[1].dtype == torch.int64
+    dm.set_train_stage(mixup_alpha=0.0)
+    assert next(iter(dm.train_dataloader()))[1].dtype == torch.int64
 
 
 # ---- streaming ------------------------------------------------------------------------------
@@ -90,7 +106,7 @@ def stream_module(tmp_path, n, **kwargs):
 
 def simulate(monkeypatch, dm, rank, world, workers, role="train"):
     """Labels one rank yields with ``workers`` loader workers, run one after another here."""
-    monkeypatch.setattr(datamodule_module, "_rank_and_world", lambda trainer: (rank, world))
+    monkeypatch.setattr(dm, "_rank_and_world", lambda: (rank, world))
     dataset = dm._dataset(role)
     out = []
     for worker in range(workers):
@@ -126,12 +142,11 @@ def test_stream_validation_is_one_complete_pass(tmp_path, monkeypatch):
 
 def test_stream_reshuffles_each_epoch(tmp_path):
     dm = stream_module(tmp_path, 40, shuffle_buffer=40, batch_size=8)
-    loader = dm.train_dataloader()
-    epoch0 = torch.cat([labels for _, labels in loader]).tolist()
-    epoch1 = torch.cat([labels for _, labels in loader]).tolist()
-    assert dm.state.epoch == 1 and epoch0 != epoch1 and sorted(epoch0) != epoch0
-    dm.set_epoch(0)
-    assert torch.cat([labels for _, labels in loader]).tolist() == epoch0
+    epochs = []
+    for epoch in (0, 1, 0):
+        dm.trainer = SimpleNamespace(current_epoch=epoch, global_rank=0, world_size=1)
+        epochs.append(torch.cat([labels for _, labels in dm.train_dataloader()]).tolist())
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) != epochs[0] and epochs[2] == epochs[0]
 
 
 def test_stream_from_one_parquet_file_uses_one_worker(tmp_path):
@@ -150,8 +165,7 @@ def test_lightning_can_inject_a_distributed_sampler(tmp_path):
     loader = dm.train_dataloader()
     sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=True)
     rebuilt = _update_dataloader(loader, sampler)
-    assert isinstance(rebuilt, FmbDataLoader) and rebuilt.sampler is sampler and rebuilt.fmb_hooks is loader.fmb_hooks
-    assert next(iter(rebuilt))[0].shape == (4, 3, 8, 8)
+    assert rebuilt.sampler is sampler and next(iter(rebuilt))[0].shape == (4, 3, 16, 16)
 
 
 class _TinyModel(L.LightningModule):
@@ -159,8 +173,8 @@ class _TinyModel(L.LightningModule):
         super().__init__()
         self.datamodule, self.layer, self.sizes = datamodule, torch.nn.Linear(3, datamodule.num_classes), []
 
-    def on_train_epoch_start(self):  # how progressive learning is meant to call it
-        self.datamodule.set_augmentation(image_size=8 + 4 * self.current_epoch)
+    def on_train_epoch_end(self):  # how progressive learning calls it: values for the next epoch
+        self.datamodule.set_train_stage(image_size=16 + 4 * (self.current_epoch + 1))
 
     def training_step(self, batch, _):
         images, labels = batch
@@ -173,43 +187,38 @@ class _TinyModel(L.LightningModule):
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_trainer_sees_new_size_each_epoch(tmp_path, streaming):
-    unique_label_set(32).save_to_disk(str(tmp_path / "set"))
-    dm = module(tmp_path / "set", tmp_path, streaming=streaming, val_split=None)
+    unique_label_set(32).cast_column("label", datasets.Value("int64")).map(lambda row: {"label": row["label"] % 4}) \
+        .save_to_disk(str(tmp_path / "set"))
+    dm = module(tmp_path / "set", tmp_path, streaming=streaming, val_split=None, val_fraction=0.25)
     model = _TinyModel(dm)
     trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, accelerator="cpu")
+                        num_sanity_val_steps=0, accelerator="cpu", reload_dataloaders_every_n_epochs=1)
     trainer.fit(model, datamodule=dm)
-    assert sorted(set(model.sizes)) == [(0, 8), (1, 12), (2, 16)]
-    if streaming:
-        assert dm.state.epoch == 2
+    assert sorted(set(model.sizes)) == [(0, 16), (1, 20), (2, 24)]
 
 
 # ---- config ---------------------------------------------------------------------------------
-def test_build_datamodule_from_config(tmp_path):
-    data = OmegaConf.create({"source": "digits", "image_size": 12, "batch_size": 8, "num_workers": 0,
-                             "cache_dir": str(tmp_path), "val_split": None, "eval_image_size": None})
-    aug = OmegaConf.create({"randaugment_magnitude": 5, "mixup_alpha": 0.2, "cutmix_alpha": 0.0,
-                            "label_smoothing": 0.1})
-    dm = build_datamodule(data, aug, seed=7)
-    assert dm.seed == 7 and dm.batch_size == 8 and dm.eval_image_size == 12
-    assert dm.state.get("mixup_alpha") == pytest.approx(0.2)
+def test_datamodule_takes_the_config_sections_whole(tmp_path):
+    cfg = load_config([], ["data.source=digits", "data.image_size=24", "data.batch_size=8", "data.num_workers=0",
+                           f"data.cache_dir={tmp_path}", "aug.randaugment_magnitude=5", "aug.mixup_alpha=0.2"])
+    dm = ImageDataModule(cfg.data, cfg.aug, seed=7, variant_sizes=(300, 384))
+    dm.setup("fit")
+    assert dm.seed == 7 and (dm.image_size, dm.eval_image_size) == (24, 32)  # eval scaled as V2-S's 300→384
     images, targets = next(iter(dm.train_dataloader()))
-    assert images.shape == (8, 3, 12, 12) and targets.shape == (8, 10)
+    assert images.shape == (8, 3, 24, 24) and targets.shape == (8, 10)
 
 
-def test_build_datamodule_rejects_unknown_keys():
-    with pytest.raises(FmbError, match="did you mean 'data.image_size'"):
-        build_datamodule({"source": "digits", "img_size": 3}, {}, seed=0)
-    with pytest.raises(FmbError, match="aug.mixup_alpha"):
-        build_datamodule({"source": "digits"}, {"mixup": 0.2}, seed=0)
+def test_null_sizes_follow_the_variant_capped_for_small_images(tmp_path):
+    dm = ImageDataModule(DataConfig(source="digits", cache_dir=str(tmp_path)), AugConfig(), variant_sizes=(300, 384))
+    dm.setup("fit")
+    assert (dm.image_size, dm.eval_image_size) == (32, 40)  # 8 px digits: at most 4x upscaled
+    with pytest.raises(FmbError, match="no model sizes"):
+        ImageDataModule(DataConfig(source="digits", cache_dir=str(tmp_path)), AugConfig()).setup("fit")
 
 
 @pytest.mark.parametrize("name", ["digits", "cifar10", "cifar100", "food101", "imagenet"])
-def test_data_configs_build(name):
-    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
-    assert set(cfg.data) >= {"source", "name", "train_split", "val_split", "test_split", "val_fraction",
-                             "image_column", "label_column", "image_size", "eval_image_size", "batch_size",
-                             "num_workers", "streaming"}
-    dm = build_datamodule(cfg.data, {}, seed=0)  # builds without touching the network
-    assert dm.source == cfg.data.source
+def test_data_presets_build(name):
+    cfg = load_config([], [f"data={name}"])
+    dm = ImageDataModule(cfg.data, cfg.aug, seed=0, variant_sizes=(300, 384))  # builds without the network
+    assert dm.data.source == cfg.data.source

@@ -4,9 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fmb.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentState, Collate, StateTransform,
-                                 build_eval_transform, build_train_transform, decode_image, to_rgb)
-from fmb.errors import FmbError
+from fmb.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Collate, build_eval_transform, build_train_transform,
+                                 decode_image, to_rgb)
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1", "RGB"])
@@ -45,23 +44,12 @@ def test_eval_transform_normalizes_with_imagenet_statistics():
     assert torch.allclose(out[:, 4, 4], expected, atol=1e-4)
 
 
-def test_state_transform_follows_state_changes():
-    state = AugmentState(16, 12)
-    train, evaluate = StateTransform(state, train=True), StateTransform(state, train=False)
-    image = Image.new("RGB", (20, 20))
-    assert train(image).shape[-1] == 16 and evaluate(image).shape[-1] == 12
-    state.update(image_size=8, randaugment_magnitude=5)
-    assert train(image).shape[-1] == 8 and evaluate(image).shape[-1] == 12
-
-
-def test_state_rejects_bad_values():
-    state = AugmentState(16, 16)
-    with pytest.raises(FmbError, match="randaugment_magnitude"):
-        state.update(randaugment_magnitude=31)
-    with pytest.raises(FmbError, match="mixup_alpha"):
-        state.update(mixup_alpha=-1)
-    with pytest.raises(FmbError, match="image_size"):
-        state.update(image_size=0)
+def test_uint8_transforms_leave_normalizing_to_the_collate():
+    image = Image.new("RGB", (20, 20), (128, 128, 128))
+    out = build_train_transform(16, randaugment_magnitude=5, normalize=False)(image)
+    assert out.dtype == torch.uint8 and out.shape == (3, 16, 16)
+    images, _ = Collate(num_classes=3, image_size=16)([(out, 0)])
+    assert images.dtype == torch.float32 and images.shape == (1, 3, 16, 16)
 
 
 def _batch(n=4, size=8):
@@ -69,20 +57,20 @@ def _batch(n=4, size=8):
 
 
 def test_collate_without_mixing_gives_int_labels_and_drops_skipped():
-    images, labels = Collate(AugmentState(8, 8), num_classes=3, mix=True)(_batch() + [None])
+    images, labels = Collate(num_classes=3, image_size=8)(_batch() + [None])
     assert images.shape == (4, 3, 8, 8) and labels.dtype == torch.int64 and labels.tolist() == [0, 1, 2, 0]
 
 
 @pytest.mark.parametrize("mixup,cutmix", [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
 def test_collate_mixing_gives_soft_labels(mixup, cutmix):
     torch.manual_seed(0)
-    collate = Collate(AugmentState(8, 8, mixup_alpha=mixup, cutmix_alpha=cutmix), num_classes=3, mix=True)
+    collate = Collate(num_classes=3, image_size=8, mixup_alpha=mixup, cutmix_alpha=cutmix)
     images, targets = collate(_batch())
     assert images.shape == (4, 3, 8, 8)
     assert targets.shape == (4, 3) and targets.dtype == torch.float32
     assert torch.allclose(targets.sum(1), torch.ones(4))
 
 
-def test_eval_collate_never_mixes():
-    collate = Collate(AugmentState(8, 8, mixup_alpha=1.0), num_classes=3, mix=False)
-    assert collate(_batch())[1].dtype == torch.int64
+def test_collate_of_only_skipped_images_is_an_empty_batch():
+    images, labels = Collate(num_classes=3, image_size=8)([None, None])
+    assert images.shape == (0, 3, 8, 8) and labels.shape == (0,)

@@ -16,7 +16,7 @@ def test_files_merge_in_order_then_overrides(tmp_path):
     cfg = load_config([a, b], ["optim.lr=0.5", "model.stage_overrides.4.kernel_size=5"])
     assert cfg.model.variant == "efficientnetv2_b0" and cfg.data.batch_size == 8 and cfg.optim.lr == 0.5
     assert dict(cfg.model.stage_overrides[4]) == {"kernel_size": 5}  # same key as YAML {4: ...}
-    assert cfg.data.source == "digits"  # from configs/train.yaml
+    assert cfg.data.source == "digits" and cfg.optim.name == "rmsprop"  # the schema's defaults
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -29,6 +29,15 @@ def test_files_merge_in_order_then_overrides(tmp_path):
     (["data.val_fraction=1.5"], r"\(0, 1\)"),
     (["trainer.logger=false"], "set by fmb"),
     (["nonsense"], "expected key=value"),
+    (["optim.lr=nan"], "optim.lr=nan"),
+    (["aug.mixup_alpha=inf"], "aug.mixup_alpha=inf"),
+    (["trainer.max_epochs=0"], "at least 1 epoch"),
+    (["data.image_size=100000"], "16 to 2048 px"),
+    (["model.blocks="], "has no value"),
+    (["model.blocks=' '"], "expected a placement"),
+    (["data.on_bad_image=ignore"], "expected one of error, skip"),
+    (["data=cifar11"], "did you mean 'cifar10'"),
+    (["ema.decay=1.0"], r"\(0, 1\)"),
     (["trainer.max_epochs=abc"], "expected an integer number of epochs"),
     (["trainer.max_epochs=1.5"], "expected an integer number of epochs"),
 ])
@@ -69,10 +78,38 @@ def test_every_shipped_config_loads():
         load_config([path])
 
 
-def test_print_config_and_cli_errors_exit_2(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "fmb", "train", "--print-config", "model.variant=efficientnetv2_m"],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0 and "efficientnetv2_m" in ok.stdout
+def test_front_door_is_the_digits_experiment():
+    cfg = load_config([], front_door=True)
+    assert cfg.data.source == "digits" and cfg.data.hflip is False and cfg.optim.name == "adamw"
+    assert cfg == load_config(["configs/experiment/digits_v2s.yaml"]) == load_config(["digits_v2s"])
+    assert load_config([]).data.hflip is True  # without the front door: neutral defaults
+
+
+def test_data_group_replaces_the_whole_section():
+    cfg = load_config(["cifar10_v2s"], ["data=digits"])
+    assert cfg.data.source == "digits" and cfg.data.hflip is False and cfg.data.num_workers == 2
+    assert cfg.optim.name == "sgd" and cfg.progressive.enabled  # the experiment's other sections stay
+    # columns are detected, so switching the source alone needs no resets either
+    assert load_config(["cifar10_v2s"], ["data.source=digits"]).data.image_column is None
+
+
+def test_release_0_1_keys_move_to_their_new_section(tmp_path):
+    old = tmp_path / "config.yaml"
+    old.write_text("aug:\n  hflip: false\n  crop_scale_min: 0.7\n  label_smoothing: 0.2\n")
+    cfg = load_config([old])
+    assert (cfg.data.hflip, cfg.data.crop_scale_min, cfg.aug.label_smoothing) == (False, 0.7, 0.2)
+
+
+def test_cli_errors_exit_2_in_one_line(run_cli):
+    code, out, _ = run_cli("train", "--print-config", "model.variant=efficientnetv2_m")
+    assert code == 0 and "efficientnetv2_m" in out
+    code, _, err = run_cli("train", "model.varient=x")
+    assert code == 2 and "did you mean 'model.variant'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_subprocess_smoke():
+    """One real process: the console entry point, its exit code and its one-line error."""
     bad = subprocess.run([sys.executable, "-m", "fmb", "train", "model.varient=x"], capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'model.variant'" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -44,8 +44,10 @@ def find_preset(name: str | Path) -> Path:
     if hits:
         return hits[0]
     presets = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.glob("*/*.yaml"))
+    beside = [p.name for p in path.parent.glob("*.yaml")] if path.parent.is_dir() else []
+    hint = nearest(path.name, beside) or nearest(stem, presets + [Path(p).name for p in presets])
     raise FmbError(f"config file not found: {name}; expected a YAML path or a preset name such as "
-                   f"{FRONT_DOOR}{nearest(stem, presets + [Path(p).name for p in presets])}")
+                   f"{FRONT_DOOR}{hint}")
 
 
 def read_yaml(path: str | Path) -> DictConfig:
@@ -147,7 +149,7 @@ def _merge(base: DictConfig, other, origin: str) -> DictConfig:
             raise choice_error(exc.full_key, getattr(exc, "value", "?"), choices) from None
         expected = _schema_type(exc.full_key) if exc.full_key else ""
         detail = (exc.msg or str(exc) or type(exc).__name__).splitlines()[0]
-        raise FmbError(f"wrong value for '{exc.full_key or 'a section'}' in {origin}: {detail}"
+        raise FmbError(f"wrong type for '{exc.full_key or 'a section'}' in {origin}: {detail}"
                        f"{'; expected ' + expected if expected else ''}"
                        " (sections such as model: hold a mapping of keys)") from None
     except OmegaConfBaseException as exc:

@@ -207,11 +207,13 @@ class ImageDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         if train:
             hf = hf.shuffle(seed=self.seed, buffer_size=d.shuffle_buffer)
-            hf.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         hf = split_dataset_by_node(hf, rank=rank, world_size=world)
         steps = self._stream_steps(world) if train else None
-        return StreamImageSet(hf, self.columns, transform, self.skipped, d.on_bad_image, where,
-                              batches_per_epoch=steps, batch_size=d.batch_size, rank=rank)
+        dataset = StreamImageSet(hf, self.columns, transform, self.skipped, d.on_bad_image, where,
+                                 batches_per_epoch=steps, batch_size=d.batch_size, rank=rank)
+        if train:  # the shuffle buffer's order changes with the epoch (the loader is rebuilt for each)
+            dataset.stream.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        return dataset
 
     def _stream_steps(self, world: int) -> int:
         """Batches every rank runs per epoch: the smallest rank's share, in full batches."""
@@ -256,6 +258,7 @@ class ImageDataModule(L.LightningDataModule):
                           persistent_workers=persistent, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
+        self.setup()
         key = (tuple(self.stage.values()), self.trainer.current_epoch if self.data.streaming and self.trainer else 0)
         if self._train_loader is None or self._train_loader[0] != key:
             self._train_loader = (key, self._loader("train"))
