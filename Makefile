@@ -16,6 +16,7 @@ train: $(STAMP)
 	$(VENV)/bin/fmb train
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check fmb tests benchmarks cli.py
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

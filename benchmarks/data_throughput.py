@@ -31,12 +31,13 @@ def images_per_second(loader, batches: int) -> float:
 
 
 def fmb_loader(args):
+    from fmb.config import AugConfig, DataConfig
     from fmb.data import ImageDataModule
 
-    dm = ImageDataModule(source=args.source, name=args.name, image_size=args.image_size,
-                         batch_size=args.batch_size, num_workers=args.num_workers,
-                         randaugment_magnitude=args.randaugment, cache_dir=args.cache_dir,
-                         streaming=args.streaming, persistent_workers=False, pin_memory=False)
+    data = DataConfig(source=args.source, name=args.name, image_size=args.image_size,
+                      eval_image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
+                      cache_dir=args.cache_dir, streaming=args.streaming, persistent_workers=False, pin_memory=False)
+    dm = ImageDataModule(data, AugConfig(randaugment_magnitude=args.randaugment))
     dm.setup("fit")
     return dm, dm.train_dataloader()
 

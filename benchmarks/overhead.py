@@ -45,13 +45,13 @@ def plain_rate(args) -> float:
     import torch.nn.functional as F
 
     from fmb.config import load_config
-    from fmb.data import build_datamodule
+    from fmb.data import ImageDataModule
     from fmb.models import create_model
     from fmb.training.optim import param_groups
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config([], overrides(args, tmp))
-    dm = build_datamodule(cfg.data, cfg.aug, seed=0)
+    dm = ImageDataModule(cfg.data, cfg.aug, seed=0)
     dm.setup("fit")
     model = create_model(args.variant, num_classes=dm.num_classes, width_mult=args.width_mult,
                          depth_mult=args.depth_mult).train()

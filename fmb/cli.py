@@ -93,7 +93,8 @@ def models_cmd(
 def train_cmd(
     ctx: typer.Context,
     config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="YAML files or preset names, merged in order."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run: its directory (from last.ckpt) or one of its .ckpt files."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue a run: its directory (from last.ckpt) or one of its .ckpt files."),
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit."),
 ):
     """Train a model: fmb train -c FILE ... key=value ... (no arguments: V2-S on digits)."""
@@ -194,7 +195,8 @@ def profile_cmd(
 @app.command("ablate")
 def ablate_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value (ablate.* too)."),
-    config: Optional[list[Path]] = typer.Option(None, "--config", "-c", help="YAML preset(s), e.g. configs/ablate/digits_quick.yaml."),
+    config: Optional[list[Path]] = typer.Option(
+        None, "--config", "-c", help="YAML preset(s), e.g. configs/ablate/digits_quick.yaml."),
     placements: Optional[str] = typer.Option(None, "--placements", help="Comma-separated, e.g. MMMMMM,FFFMMM."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="prefix | single | exhaustive."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated integers, e.g. 0,1,2."),

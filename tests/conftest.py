@@ -44,6 +44,9 @@ def tiny_train_overrides(source, run_dir, **extra):
         "data.num_workers": 0, "data.val_fraction": 0.25, "model.width_mult": 0.25, "model.depth_mult": 0.25,
         "trainer.max_epochs": 1, "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False,
         "trainer.log_every_n_steps": 1, "run.dir": str(run_dir),
+        # the front door's recipe (configs/experiment/digits_v2s.yaml), not the ImageNet defaults
+        "optim.name": "adamw", "optim.lr": 0.002, "optim.lr_per_256": False, "sched.name": "cosine",
+        "sched.warmup_epochs": 1, "ema.enabled": True, "ema.decay": 0.99,
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -51,7 +54,9 @@ def tiny_train_overrides(source, run_dir, **extra):
 
 @pytest.fixture
 def run_cli(capsys):
-    """Run the `fmb` app in this process: (exit code, stdout, stderr), as the console script would."""
+    """Run the `fmb` app in this process, as the console script would: .returncode, .stdout, .stderr."""
+    from types import SimpleNamespace
+
     from fmb.cli import app
 
     def run(*args):
@@ -61,5 +66,5 @@ def run_cli(capsys):
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         out = capsys.readouterr()
-        return code, out.out, out.err
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
     return run

@@ -221,7 +221,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path):
         (dict(placements="MMMMMM", sweep="prefix"), "not both"),
         (dict(overrides=["run.seed=3"]), "use --seeds"),
         (dict(overrides=["ablate.sweeps=prefix"]), "unknown ablate setting 'sweeps'"),
-        (dict(overrides=["ablate.profile.iters=0"]), "ablate.profile.iters=0: expected an integer >= 1"),
+        (dict(overrides=["ablate.profile.iters=0"]), "invalid ablate.profile.iters=0; expected an integer >= 1"),
         (dict(overrides=["ablate.fused_overrides={kernel_size: 4}"]), "odd kernel size"),
         (dict(overrides=["model.stage_overrides.1.block=fused"]), "chooses each stage's block"),
         (dict(profile_only=False), "holds a different study"),

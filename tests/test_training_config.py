@@ -101,11 +101,11 @@ def test_release_0_1_keys_move_to_their_new_section(tmp_path):
 
 
 def test_cli_errors_exit_2_in_one_line(run_cli):
-    code, out, _ = run_cli("train", "--print-config", "model.variant=efficientnetv2_m")
-    assert code == 0 and "efficientnetv2_m" in out
-    code, _, err = run_cli("train", "model.varient=x")
-    assert code == 2 and "did you mean 'model.variant'" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    ok = run_cli("train", "--print-config", "model.variant=efficientnetv2_m")
+    assert ok.returncode == 0 and "efficientnetv2_m" in ok.stdout
+    bad = run_cli("train", "model.varient=x")
+    assert bad.returncode == 2 and "did you mean 'model.variant'" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_cli_subprocess_smoke():

@@ -3,7 +3,8 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import Callback
 
-from fmb.data import build_datamodule
+from fmb.config import load_config
+from fmb.data import ImageDataModule
 from fmb.training.module import ImageClassifier
 from fmb.training.progressive import ProgressiveLearning, plan_stages
 
@@ -51,17 +52,22 @@ class Record(Callback):
 
 
 def test_stage_values_reach_the_batches_and_the_dropout(image_folder):
-    plan = plan_stages("efficientnetv2_s", max_epochs=2, stages=2, max_image_size=32)
-    dm = build_datamodule({"source": str(image_folder), "image_size": 32, "batch_size": 8, "num_workers": 0,
-                           "val_fraction": 0.25})
-    module = ImageClassifier({"name": "efficientnetv2_s", "width_mult": 0.25, "depth_mult": 0.25},
-                             dm.num_classes, data={"batch_size": 8})
-    record = Record()
+    """The plain Lightning way: the callback plans from trainer.datamodule, the datamodule
+    builds a new train loader when the stage changes (reload_dataloaders_every_n_epochs)."""
+    cfg = load_config([], [f"data.source={image_folder}", "data.image_size=32", "data.eval_image_size=32",
+                           "data.batch_size=8", "data.num_workers=0", "data.val_fraction=0.25",
+                           "model.width_mult=0.25", "model.depth_mult=0.25", "progressive.enabled=true",
+                           "progressive.stages=2", "trainer.max_epochs=2"])
+    dm = ImageDataModule(cfg.data, cfg.aug, seed=0)
+    dm.setup("fit")
+    module = ImageClassifier(cfg, dm.num_classes)
+    record, progressive = Record(), ProgressiveLearning(cfg.progressive, cfg.model.variant)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ProgressiveLearning(plan), record])
+                        enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
+                        callbacks=[progressive, record])
     trainer.fit(module, datamodule=dm)
     by_epoch = {epoch: (size, p) for epoch, size, p in record.seen}
     assert by_epoch == {0: (16, 0.1), 1: (32, 0.3)}
     assert len({(e, s) for e, s, _ in record.seen}) == 2  # every batch of an epoch at its stage's size
     assert trainer.callback_metrics["progressive/image_size"] == 32
+    assert [v["image_size"] for v in progressive.describe()] == [16, 32]

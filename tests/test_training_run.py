@@ -1,8 +1,8 @@
-"""Training runs end to end on CPU: run dir contents, train→eval round trip, resume, EMA, errors."""
-import json
-import subprocess
-import sys
+"""Training runs end to end on CPU: run dir contents, train→eval round trip, resume, EMA, errors.
 
+CLI calls run in this process (the `run_cli` fixture); tests/test_training_config.py holds the
+subprocess smoke test of the console entry point."""
+import json
 import pytest
 import torch
 
@@ -11,10 +11,6 @@ from fmb.config import load_config
 from fmb.errors import FmbError
 from fmb.training.evaluate import evaluate
 from fmb.training.run import train
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fmb", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,7 @@ def test_eval_of_checkpoint_matches_logged_val_top1(trained):
     assert len(result["per_class"]) == 3 and sum(c["support"] for c in result["per_class"]) == 9
 
 
-def test_eval_cli_json_and_confusion(trained, tmp_path):
+def test_eval_cli_json_and_confusion(run_cli, trained, tmp_path):
     _, run_dir = trained
     out = run_cli("eval", str(run_dir / "checkpoints" / "last.ckpt"), "--json", str(tmp_path / "e.json"),
                   "--confusion", str(tmp_path / "cm.png"))
@@ -60,7 +56,7 @@ def test_eval_cli_json_and_confusion(trained, tmp_path):
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_continues_epochs_and_optimizer_state(image_folder, tmp_path):
+def test_resume_continues_epochs_and_optimizer_state(run_cli, image_folder, tmp_path):
     straight = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "straight",
                                                          **{"trainer.max_epochs": 2})))
     first = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "split")))
@@ -80,14 +76,14 @@ def test_resume_continues_epochs_and_optimizer_state(image_folder, tmp_path):
     assert resumed["val_top1"] == pytest.approx(straight["val_top1"], abs=1e-6)
 
 
-def test_fast_dev_run_through_the_cli(image_folder, tmp_path):
+def test_fast_dev_run_through_the_cli(run_cli, image_folder, tmp_path):
     out = run_cli("train", *tiny_train_overrides(image_folder, tmp_path / "fdr", **{"trainer.fast_dev_run": True}))
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "fdr" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 1
 
 
-def test_resume_from_a_checkpoint_file(trained, tmp_path):
+def test_resume_from_a_checkpoint_file(run_cli, trained, tmp_path):
     import shutil
     _, run_dir = trained
     copy = tmp_path / "copy"
@@ -113,7 +109,7 @@ def test_ema_weights_differ_from_raw_and_eval_can_pick_either(image_folder, tmp_
     assert without["top1"] == pytest.approx(summary["val_raw_top1"], abs=1e-6)
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(image_folder, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(run_cli, image_folder, tmp_path, monkeypatch):
     from fmb.training.module import ImageClassifier
     run_dir = tmp_path / "nan"
     train(load_config([], tiny_train_overrides(image_folder, run_dir)))
@@ -135,7 +131,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(image_fo
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
-def test_bad_inputs_through_the_cli(image_folder, tmp_path):
+def test_bad_inputs_through_the_cli(run_cli, image_folder, tmp_path):
     missing = run_cli("train", "--resume", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     (tmp_path / "empty_run").mkdir()
@@ -155,10 +151,10 @@ def test_checkpoint_classes_must_match_the_data(trained, tmp_path):
     from conftest import write_image_folder
     other = write_image_folder(tmp_path / "other", classes=("a", "b", "c", "d"), per_class=4)
     with pytest.raises(FmbError, match="trained on 3 classes.*has 4"):
-        evaluate(run_dir / "checkpoints" / "last.ckpt", data_overrides={"source": str(other)})
+        evaluate(run_dir / "checkpoints" / "last.ckpt", data_overrides=[f"source={other}"])
 
 
-def test_run_dir_holding_a_run_is_never_mixed_with_another(trained):
+def test_run_dir_holding_a_run_is_never_mixed_with_another(run_cli, trained):
     summary, run_dir = trained
     before = (run_dir / "summary.json").read_bytes()
     again = run_cli("train", "model.width_mult=0.25", "model.depth_mult=0.25", f"run.dir={run_dir}")

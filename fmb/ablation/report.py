@@ -161,7 +161,8 @@ def write_markdown(path: Path, rows: list[dict], title: str, context: list[str],
                    failed: list[dict]) -> None:
     base = next(r for r in rows if r["is_baseline"])
     lines = [f"# {title}", "", *[f"- {c}" for c in context],
-             f"- relative to **{base['placement']}** ({'all MBConv' if 'F' not in base['placement'] else 'first row: no all-MBConv trial'}): "
+             f"- relative to **{base['placement']}** "
+             f"({'all MBConv' if 'F' not in base['placement'] else 'first row: no all-MBConv trial'}): "
              "params, GMACs and img/s as ×ratio, top-1 as ± points; top-1 is mean ± std over seeds", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]

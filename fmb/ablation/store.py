@@ -67,7 +67,8 @@ class StudyDir:
                                f"fmb ablate study; choose an empty or new directory")
             return
         if stored.get("fingerprint") != fingerprint:
-            raise FmbError(f"--out {self.root} holds a different study ({describe_difference(stored.get('identity', {}), identity)}); "
+            difference = describe_difference(stored.get('identity', {}), identity)
+            raise FmbError(f"--out {self.root} holds a different study ({difference}); "
                            f"its results would not be comparable: use another --out, or the study's own config")
 
     def open(self, fingerprint: str, identity: dict, invocation: dict) -> None:

@@ -98,8 +98,10 @@ def _ablate_section(sections: list, overrides: list[str]) -> dict:
         try:
             merged = OmegaConf.merge(merged, section)
         except (ConfigKeyError, ConfigAttributeError) as exc:
-            key = f"ablate.{exc.full_key}"
-            raise choice_error(f"ablate setting in {origin}", key, [f"ablate.{k}" for k in AblateConfig.__dataclass_fields__]) from None
+            section, _, key = str(exc.full_key).rpartition(".")
+            schema = OmegaConf.structured(AblateConfig)
+            valid = list(schema[section] if section else schema)
+            raise choice_error(f"ablate{'.' + section if section else ''} setting", key, valid) from None
         except OmegaConfBaseException as exc:
             raise FmbError(f"invalid ablate.{exc.full_key} in {origin}: {str(exc).splitlines()[0]}") from None
     return to_dict(OmegaConf.to_object(merged))

@@ -43,7 +43,7 @@ def check_number(key: str, value, *, low=None, high=None, low_open=False, high_o
     if below or above:
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
-        span = f"{left}{'-inf' if low is None else low:g}, {'inf' if high is None else high:g}{right}"
+        span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
         raise _bad(key, value, expected or f"a number in {span}")
 
 

@@ -54,7 +54,8 @@ def find_image_column(features: datasets.Features, override: str | None) -> str:
         if override not in features:
             raise choice_error("data.image_column", override, columns)
         if not _can_hold_image(features[override]):
-            raise FmbError(f"data.image_column '{override}' has type {_describe(datasets.Features({override: features[override]}))}; "
+            kind = _describe(datasets.Features({override: features[override]}))
+            raise FmbError(f"data.image_column '{override}' has type {kind}; "
                            f"expected an Image column, image bytes or file paths (columns: {_describe(features)})")
         return override
     images = [name for name, f in features.items() if isinstance(f, datasets.Image)]

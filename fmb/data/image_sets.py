@@ -45,7 +45,10 @@ class HashSplit:
 
     def __call__(self, example: dict, want_val: bool) -> bool:
         value = example[self.image_column]
-        data = (value.get("bytes") or (value.get("path") or "").encode()) if isinstance(value, dict) else bytes(str(value), "utf8")
+        if isinstance(value, dict):
+            data = value.get("bytes") or (value.get("path") or "").encode()
+        else:
+            data = str(value).encode()
         bucket = zlib.crc32(data, self.seed & 0xFFFFFFFF) % 10_000
         return (bucket < self.fraction * 10_000) == want_val
 

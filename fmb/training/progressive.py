@@ -43,7 +43,8 @@ def _lerp(bounds: tuple[float, float], i: int, n: int) -> float:
     return high if n == 1 else low + (high - low) * i / (n - 1)
 
 
-def plan_stages(variant: str, max_epochs: int, stages: int, max_image_size: int, overrides: dict | None = None) -> list[StageValues]:
+def plan_stages(variant: str, max_epochs: int, stages: int, max_image_size: int,
+                overrides: dict | None = None) -> list[StageValues]:
     """The per-stage values for a run of `max_epochs` whose last stage trains at `max_image_size`.
 
     The preset's sizes are scaled so its max lands on `max_image_size` with the paper's
