@@ -1,7 +1,9 @@
 """fmb vs timm vs torchvision EfficientNets, side by side in one process.
 
 Same inputs, same thread count, contenders alternated round by round (so drift on a shared
-machine hits all of them), warm-up before every timed block, median of all timed iterations.
+machine hits all of them). Each round times every contender once with torch.utils.benchmark's
+Timer (`--iters` calls after its own two untimed ones); a contender's figure is the median
+over rounds of those per-call means.
 Prints ms per batch and the ratio fmb/peer as a speed ratio (peer ms / fmb ms: > 1 means fmb
 is faster) for:
   eager fp32 infer / train          fmb vs both peers
@@ -18,12 +20,12 @@ import contextlib
 import json
 import platform
 import statistics
-import time
 
 import timm
 import torch
 import torchvision
 from torch import nn
+from torch.utils.benchmark import Timer
 
 from fmb.models import create_model, fuse_bn
 
@@ -60,25 +62,16 @@ def train_fn(model, x, y, ctx=contextlib.nullcontext):
     return run
 
 
-def timed(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
-
-
 def race(contenders: dict, rounds: int, warmup: int, iters: int) -> dict:
-    """{name: median ms}; each round runs every contender once, starting one further along."""
+    """{name: ms per call}; each round times every contender once, starting one further along."""
     names, times = list(contenders), {n: [] for n in contenders}
-    for n in names:  # first calls build kernels and grow allocator caches: keep them out of round 0
-        timed(contenders[n], warmup, 0)
+    timers = {n: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) for n, fn in contenders.items()}
+    for fn in contenders.values():  # first calls build kernels and grow allocator caches: keep them out of round 0
+        for _ in range(warmup):
+            fn()
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            times[n] += timed(contenders[n], warmup, iters)
+            times[n].append(timers[n].timeit(iters).mean * 1e3)
     return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)} for n, t in times.items()}
 
 
@@ -120,8 +113,8 @@ def main():
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5, help="timed iterations per contender per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each contender before round 0")
+    p.add_argument("--iters", type=int, default=5, help="timed calls per contender per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--models", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--compile", action="store_true", help="also time torch.compile on the fast path")
@@ -133,7 +126,7 @@ def main():
     y = torch.randint(0, 1000, (args.batch_size,))
     print(f"torch {torch.__version__}, timm {timm.__version__}, torchvision {torchvision.__version__}, "
           f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
-          f"{args.resolution}px batch {args.batch_size}, {args.rounds} rounds x {args.iters} iters")
+          f"{args.resolution}px batch {args.batch_size}, {args.rounds} rounds x {args.iters} calls")
     results = {}
     for name in args.models:
         results[name] = bench_family(name, args, x, y)

@@ -39,3 +39,35 @@ def unwrap_worker_error(error: FmbError) -> FmbError:
         return error
     lines = [line for line in text.splitlines() if "FmbError: " in line]
     return FmbError(lines[-1].split("FmbError: ", 1)[1], error.exit_code) if lines else error
+
+
+# Exit codes of the `fmb` command (docs/errors.md lists what gets which).
+EXIT_FAILED = 1       # a run (or command) that started and failed: crash, disk full, out of memory
+EXIT_BAD_INPUT = 2    # the user's input, config, data or paths are wrong; nothing was run
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_PREEMPTED = 143    # SIGTERM / SLURM preemption or time limit (128 + SIGTERM); checkpoint saved
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """'No space left on device' rather than '[Errno 28] No space left on device: ...'."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def write_error(path, exc: BaseException, exit_code: int = EXIT_FAILED) -> FmbError:
+    """A failed write as one line that names the path and what to do about it."""
+    import errno
+
+    reason = describe_os_error(exc)
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "space left" in reason.lower() or "file write failed" in reason.lower():
+        reason, hint = "no space left on device", "free space there or choose another location"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "choose a writable location"
+    elif code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        hint = "a file stands where a directory is needed (or the reverse); choose another path"
+    else:
+        hint = "check the path and the disk"
+    return FmbError(f"cannot write {path}: {reason}; {hint}", exit_code)

@@ -12,9 +12,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """As atomic_write_text; a failed write (disk full, read-only, a file where a folder
+    should be) leaves no temp file, keeps the old file, and is one FmbError naming the path."""
+    from fmb.errors import write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -22,9 +29,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse an output path that cannot be written before any work is done: a directory
+    where a file goes, a file where a folder must be, or a read-only place."""
+    from fmb.errors import FmbError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise FmbError(f"{option} {path} is a directory; expected a file path such as {path / 'result.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FmbError(f"{option} {path}: {folder} is a file, not a folder; expected a path in a writable folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FmbError(f"{option} {path}: the folder {folder} is not writable (read-only or no permission); "
+                       "expected a path in a writable folder")
 
 
 def _umask() -> int:

@@ -36,20 +36,25 @@ def module(source, tmp_path, seed=0, aug=None, **data):
     return ImageDataModule(DataConfig(source=str(source), **{**defaults, **data}), AugConfig(**(aug or {})), seed=seed)
 
 
+def _val_rows(dm):
+    hf, _, rows = dm._splits["val"]
+    return hf.select(rows)
+
+
 def _val_images(dm):
-    return sorted(bytes(row["bytes"]) for row in dm._splits["val"][0]["image"])
+    return sorted(bytes(row["bytes"]) for row in _val_rows(dm)["image"])
 
 
 def test_carve_is_stratified_and_follows_the_split_seed_not_the_run_seed(tmp_path):
     first, second = module("digits", tmp_path, seed=1), module("digits", tmp_path, seed=2)
     first.setup("fit"), second.setup("fit")
     assert _val_images(first) == _val_images(second)  # every run seed: the same validation images
-    labels = np.asarray(first._splits["val"][0]["label"])
+    labels = np.asarray(_val_rows(first)["label"])
     assert len(labels) == 180 and set(np.bincount(labels)) <= {17, 18, 19}  # ~10% of each digit's ~180
     other = module("digits", tmp_path, split_seed=5)
     other.setup("fit")
     assert _val_images(other) != _val_images(first)
-    assert len(first._splits["train"][0]) + len(labels) == 1797
+    assert first.split_sizes() == {"train": 1617, "val": 180}
 
 
 def test_integer_and_string_labels_are_carved_too(tmp_path):
@@ -58,7 +63,7 @@ def test_integer_and_string_labels_are_carved_too(tmp_path):
         datasets.Dataset.from_dict({"image": images, "label": labels}).save_to_disk(str(tmp_path / "plain"))
         dm = module(tmp_path / "plain", tmp_path, val_fraction=0.25)
         dm.setup("fit")
-        val = np.bincount(dm._splits["val"][0]["label"], minlength=4)
+        val = np.bincount(_val_rows(dm)["label"], minlength=4)
         assert dm.num_classes == 4 and val.sum() == 10 and set(val) <= {2, 3}
         import shutil
         shutil.rmtree(tmp_path / "plain")

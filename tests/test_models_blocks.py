@@ -17,6 +17,22 @@ def test_fused_with_expansion_one_is_a_single_conv():
     assert block(torch.randn(2, 16, 8, 8)).shape == (2, 24, 4, 4)
 
 
+def test_fused_with_expansion_one_gates_its_input_with_se_as_the_official_code():
+    # official FusedMBConvBlock, expand_ratio 1: SE(input) -> k x k conv -> BN -> SiLU
+    torch.manual_seed(0)
+    block = FusedMBConv(16, 24, expand_ratio=1, kernel_size=3, stride=2, se_ratio=0.25).eval()
+    assert (block.se.fc1.in_channels, block.se.fc1.out_channels, block.se.fc2.out_channels) == (16, 4, 16)
+    x = torch.randn(2, 16, 9, 9)
+    with torch.no_grad():
+        squeezed = x.mean((2, 3), keepdim=True)
+        gate = torch.sigmoid(block.se.fc2(nn.functional.silu(block.se.fc1(squeezed))))
+        expected = nn.functional.silu(block.bn1(block.conv(x * gate)))
+        assert torch.allclose(block(x), expected, atol=1e-6)
+        assert not torch.allclose(block(x), nn.functional.silu(block.bn1(block.conv(x))), atol=1e-3)
+    names = [n for n, _ in block.named_children()]
+    assert names.index("se") < names.index("conv")  # registered in forward order
+
+
 def test_fused_with_expansion_convs_then_projects_without_activation():
     block = FusedMBConv(16, 16, expand_ratio=4, kernel_size=3, se_ratio=0.25)
     assert block.conv_exp.kernel_size == (3, 3) and block.conv_exp.out_channels == 64

@@ -108,11 +108,14 @@ def _stage_number(key):
 
 def trial_stage_overrides(placement: str, base: dict | None, fused: dict | None,
                           mbconv: dict | None) -> dict:
-    """Per-trial `{stage: {field: value}}`: the block-type defaults (e.g. no SE in fused stages)
-    under the user's explicit per-stage overrides, which are more specific and so win."""
+    """Per-trial `{stage: {field: value}}`: the block-type defaults (e.g. no SE in fused stages;
+    `stageN: {...}` inside them for stage N only, when it has that block type) under the user's
+    explicit per-stage overrides, which are more specific and so win."""
     out: dict[int, dict] = {}
     for i, letter in enumerate(placement, start=1):
-        extra = dict((fused if letter == "F" else mbconv) or {})
+        by_type = dict((fused if letter == "F" else mbconv) or {})
+        extra = {k: v for k, v in by_type.items() if not str(k).startswith("stage")}
+        extra.update(dict(by_type.get(f"stage{i}") or {}))
         if extra:
             out[i] = extra
     for key, changes in dict(base or {}).items():

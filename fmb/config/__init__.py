@@ -27,7 +27,7 @@ __all__ = ["TrainConfig", "ModelConfig", "DataConfig", "AugConfig", "OptimConfig
            "ProgressiveConfig", "EmaConfig", "RunConfig", "load_config", "from_dict", "to_dict", "to_yaml",
            "read_yaml", "find_preset", "parse_overrides", "CONFIG_DIR", "FRONT_DOOR"]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # fmb/configs, shipped in the wheel
 FRONT_DOOR = "experiment/digits_v2s"
 GROUPS = ("data",)  # `data=NAME` on the command line swaps the whole section
 MOVED = {("aug", "hflip"): "data", ("aug", "crop_scale_min"): "data"}  # keys of release 0.1's configs

@@ -10,11 +10,14 @@ is configs/experiment/digits_v2s.yaml.
 """
 from __future__ import annotations
 
+import glob
 import math
+import os
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Optional
 
-from fmb.errors import FmbError
+from fmb.errors import FmbError, choice_error
 
 MAX_IMAGE_SIZE = 2048  # past this a single image's activations alone take gigabytes
 MAX_RANDAUGMENT_MAGNITUDE = 30.0  # the official RandAugment level runs 0..30 (10 = the ops' base range)
@@ -25,6 +28,16 @@ def opt(default, doc: str):
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
+
+
+def check_choices(section, prefix: str) -> None:
+    """Literal fields hold one of their choices (OmegaConf checks this on merge; a section
+    built directly in Python is checked here)."""
+    hints = typing.get_type_hints(type(section))
+    for f in fields(section):
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+        if choices and getattr(section, f.name) not in choices:
+            raise choice_error(f"{prefix}.{f.name}", getattr(section, f.name), choices)
 
 
 def _bad(key: str, value, expected: str) -> FmbError:
@@ -63,6 +76,7 @@ class ModelConfig:
     compile: bool = opt(False, "torch.compile the forward pass")
 
     def __post_init__(self):
+        check_choices(self, "model")
         from fmb.models import build_stages
 
         if self.blocks is not None and not str(self.blocks).strip():
@@ -74,6 +88,18 @@ class ModelConfig:
                          expected="a positive multiplier such as 0.25 or 1.0")
         # Builds no module: checks the variant, placement and overrides before any work.
         build_stages(self.variant, self.blocks, self.stage_overrides or None, self.width_mult, self.depth_mult)
+
+
+def absolute_source(source: str) -> str:
+    """A local data path (or glob) made absolute, so a run directory's config finds its data
+    from any directory; hub ids and the built-in names stay as they are."""
+    text = str(source).strip()
+    if text in ("digits", "synthetic"):
+        return source
+    expanded = os.path.expanduser(text)
+    if os.path.exists(expanded) or (any(ch in expanded for ch in "*?[") and glob.glob(expanded, recursive=True)):
+        return os.path.abspath(expanded)
+    return source
 
 
 @dataclass
@@ -104,8 +130,10 @@ class DataConfig:
     persistent_workers: Optional[bool] = opt(None, "null = on when there are workers")
 
     def __post_init__(self):
+        check_choices(self, "data")
         if not str(self.source).strip():
             raise _bad("data.source", self.source, "a hub id, a local path, digits or synthetic")
+        self.source = absolute_source(self.source)
         check_number("data.val_fraction", self.val_fraction, low=0, high=1, low_open=True, high_open=True)
         check_number("data.crop_ratio", self.crop_ratio, low=0, high=1, low_open=True)
         check_number("data.crop_scale_min", self.crop_scale_min, low=0, high=1, low_open=True)
@@ -141,6 +169,7 @@ class OptimConfig:
     momentum: float = opt(0.9, "rmsprop/sgd momentum")
 
     def __post_init__(self):
+        check_choices(self, "optim")
         check_number("optim.lr", self.lr, low=0, low_open=True, expected="a positive learning rate, e.g. 0.016")
         check_number("optim.weight_decay", self.weight_decay, low=0)
         check_number("optim.momentum", self.momentum, low=0, high=1, high_open=True)
@@ -155,6 +184,7 @@ class SchedConfig:
     min_lr_ratio: float = opt(0.0, "floor of the lr, as a fraction of the peak")
 
     def __post_init__(self):
+        check_choices(self, "sched")
         check_number("sched.warmup_epochs", self.warmup_epochs, low=0)
         check_number("sched.decay_rate", self.decay_rate, low=0, high=1, low_open=True)
         check_number("sched.decay_epochs", self.decay_epochs, low=0, low_open=True)
@@ -190,6 +220,7 @@ class ProgressiveConfig:
 class EmaConfig:
     enabled: bool = opt(False, "validate and save an exponential moving average of the weights")
     decay: float = opt(0.9999, "EMA decay")
+    warmup: bool = opt(True, "the official warm-up: decay min(decay, (1 + n) / (10 + n)) at update n")
 
     def __post_init__(self):
         check_number("ema.decay", self.decay, low=0, high=1, low_open=True, high_open=True,
@@ -202,6 +233,20 @@ class RunConfig:
     name: Optional[str] = opt(None, "null = <variant>-<data source>")
     seed: int = opt(0, "initialisation and data order")
     deterministic: bool = opt(False, "deterministic kernels (slower)")
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = opt(
+        ["csv", "tensorboard"], "Lightning loggers, several at once: csv (always), tensorboard, wandb, mlflow")
+    wandb_project: str = opt("fmb", "W&B project")
+    wandb_offline: bool = opt(False, "W&B offline mode: files under <run dir>/wandb, `wandb sync` later")
+    mlflow_tracking_uri: Optional[str] = opt(None, "MLflow store; null = file store <run dir>/mlruns")
+    progress_every: int = opt(50, "steps between plain progress lines when stdout is not a terminal; 0 = none")
+
+    def __post_init__(self):
+        if "csv" not in self.loggers:
+            raise _bad("run.loggers", list(self.loggers), "a list that includes csv (the run's metrics.csv, read by "
+                       "fmb ablate and resume), e.g. [csv, tensorboard, wandb]")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise _bad("run.loggers", list(self.loggers), "each logger once")
+        check_number("run.progress_every", self.progress_every, low=0, expected="a whole number >= 0")
 
 
 def default_trainer() -> dict[str, Any]:

@@ -86,6 +86,10 @@ def find_label_column(features: datasets.Features, override: str | None, image_c
         raise FmbError(f"several label columns ({', '.join(class_labels)}); set data.label_column to one of them")
     if named:
         return named[0]
+    if all(isinstance(f, datasets.Image) for f in features.values()):
+        raise FmbError(f"the data has images but no labels (columns: {_describe(features)}); an image folder needs "
+                       "one sub-folder per class and at least 2 classes (a single class folder, or images "
+                       "directly in the folder, carry no label); or name a label column with data.label_column=NAME")
     raise FmbError(f"no label column found (columns: {_describe(features)}); expected a ClassLabel column or "
                    f"one named {'/'.join(LABEL_NAMES[:3])}, or name one with data.label_column=NAME")
 
@@ -122,6 +126,8 @@ def resolve_columns(features: datasets.Features, image_column: str | None, label
         names = sorted({str(v) for v in values if v is not None})
         if not names:
             raise FmbError(f"label column '{label}' holds no labels; expected class names")
+        if len(names) < 2:
+            raise _one_class(label, names[0])
         return Columns(image, label, names, {name: i for i, name in enumerate(names)})
     array = np.asarray(values, dtype=np.int64)
     if array.size == 0:
@@ -129,7 +135,15 @@ def resolve_columns(features: datasets.Features, image_column: str | None, label
     if array.min() < 0:
         raise FmbError(f"label column '{label}' has negative labels (e.g. {int(array.min())}, an unlabelled "
                        f"split?); expected class indices 0..N-1")
+    if len(np.unique(array)) < 2:
+        raise _one_class(label, int(array[0]))
     return Columns(image, label, [str(i) for i in range(int(array.max()) + 1)])
+
+
+def _one_class(label: str, value) -> FmbError:
+    # A head sized from the one label's value would train to 100 % on nothing.
+    return FmbError(f"label column '{label}' holds a single class (every example is {value!r}); expected at "
+                    "least 2 classes to tell apart (is this the right split or label column?)")
 
 
 def as_image_column(ds, column: str):

@@ -9,6 +9,7 @@ stage (`set_train_stage`) or, for streams, a new epoch — with Lightning's
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import datasets
@@ -47,7 +48,7 @@ class ImageDataModule(L.LightningDataModule):
         self.data, self.aug, self.seed, self.variant_sizes = data, aug, int(seed), variant_sizes
         self.skipped = SkipCounter()
         self.columns: Columns | None = None
-        self._splits: dict | None = None  # role ('train'/'val'/'test') → (hf dataset, split name)
+        self._splits: dict | None = None  # role → (hf dataset, split name, row indices or None for all)
         self.image_size = self.eval_image_size = None  # resolved by setup()
         self.stage = {"image_size": None, "randaugment_magnitude": aug.randaugment_magnitude,
                       "mixup_alpha": aug.mixup_alpha}
@@ -67,20 +68,22 @@ class ImageDataModule(L.LightningDataModule):
         """Bad images dropped so far (`on_bad_image=skip`), over all loaders and workers."""
         return self.skipped.total
 
+    @functools.cached_property
     def native_image_size(self) -> int | None:
         """Typical short side of the train images (8 for digits, 32 for CIFAR), or None."""
         if self.data.source == "synthetic":
             return None
         self._load()
-        hf, _ = self._splits["train"]
+        hf, _, rows = self._splits["train"]
         image = self.columns.image
         try:
             if self.data.streaming:
-                rows = [row[image] for _, row in zip(range(8), hf.select_columns([image]))]
+                values = [row[image] for _, row in zip(range(8), hf.select_columns([image]))]
             else:
-                picks = np.linspace(0, len(hf) - 1, num=min(16, len(hf))).astype(int)
-                rows = [hf[int(i)][image] for i in picks]
-            sides = [min(decode_image(value).size) for value in rows]
+                picks = np.asarray(rows if rows is not None else np.arange(len(hf)))
+                picks = picks[np.linspace(0, len(picks) - 1, num=min(16, len(picks))).astype(int)]
+                values = [hf[int(i)][image] for i in picks]
+            sides = [min(decode_image(value).size) for value in values]
         except Exception:  # a hint only: unreadable samples surface later with a proper error
             return None
         return int(np.median(sides)) if sides else None
@@ -95,7 +98,7 @@ class ImageDataModule(L.LightningDataModule):
         self._load()
         if self.image_size is None:
             self.image_size, self.eval_image_size = resolve_image_sizes(
-                self.data.image_size, self.data.eval_image_size, self.variant_sizes, self.native_image_size)
+                self.data.image_size, self.data.eval_image_size, self.variant_sizes, lambda: self.native_image_size)
             self.stage["image_size"] = self.image_size
 
     def _load(self) -> Columns:
@@ -116,19 +119,19 @@ class ImageDataModule(L.LightningDataModule):
         if columns.num_classes < 2:
             raise FmbError(f"split '{d.train_split}' of data.source '{d.source}' has {columns.num_classes} class "
                            f"({', '.join(columns.class_names)}); expected at least 2 classes to tell apart")
-        splits = {"train": (train, d.train_split)}
+        splits = {"train": (train, d.train_split, None)}
         for role, requested, usual in (("val", d.val_split, VAL_NAMES), ("test", d.test_split, TEST_NAMES)):
             name = _pick_split(requested, usual, available, f"data.{role}_split")
             if name is not None:
-                splits[role] = (raw[name], name)
-        for role, (hf, split) in list(splits.items()):
+                splits[role] = (raw[name], name, None)
+        for role, (hf, split, _) in list(splits.items()):
             if columns.image not in (hf.features or {}) or columns.label not in (hf.features or {}):
                 raise FmbError(f"split '{split}' lacks column '{columns.image}' or '{columns.label}' "
                                f"(columns: {', '.join(hf.features or [])}); expected the train split's columns")
             if not d.streaming and len(hf) == 0:
                 raise FmbError(f"split '{split}' of data.source '{d.source}' is empty; expected examples "
                                f"(splits: {', '.join(f'{k}={len(v)}' for k, v in raw.items())})")
-            splits[role] = (as_image_column(hf, columns.image), split)
+            splits[role] = (as_image_column(hf, columns.image), split, None)
         if not d.streaming and not isinstance(train.features[columns.label], datasets.ClassLabel):
             splits, columns = _as_class_labels(splits, columns)
         if "val" not in splits:
@@ -146,17 +149,25 @@ class ImageDataModule(L.LightningDataModule):
         d = self.data
         if d.streaming:
             keep = HashSplit(columns.image, d.val_fraction, d.split_seed)
-            return {"train": (train.filter(keep, fn_kwargs={"want_val": False}), d.train_split),
-                    "val": (train.filter(keep, fn_kwargs={"want_val": True}), d.train_split)}
+            return {"train": (train.filter(keep, fn_kwargs={"want_val": False}), d.train_split, None),
+                    "val": (train.filter(keep, fn_kwargs={"want_val": True}), d.train_split, None)}
+        # Split the label column alone (cheap), keeping each row's position so the image
+        # sets read the original rows and name them by it.
+        rows = train.select_columns([columns.label]).add_column("row", np.arange(len(train)))
         try:
-            parts = train.train_test_split(test_size=d.val_fraction, stratify_by_column=columns.label,
-                                           seed=d.split_seed)
-        except ValueError as exc:
-            raise FmbError(f"cannot hold out data.val_fraction={d.val_fraction:g} of the {len(train)} examples of "
-                           f"split '{d.train_split}' for validation ({str(exc).splitlines()[0]}); expected a "
-                           f"fraction that leaves every class in both parts, or name a split with data.val_split"
-                           ) from None
-        return {"train": (parts["train"], d.train_split), "val": (parts["test"], d.train_split)}
+            parts = rows.train_test_split(test_size=d.val_fraction, stratify_by_column=columns.label,
+                                          seed=d.split_seed)
+        except ValueError:  # a class too small to appear in both parts: carve without stratifying
+            log.warning("data.val_fraction=%g of %d examples cannot hold out every class; validation is carved "
+                        "without stratification", d.val_fraction, len(train))
+            try:
+                parts = rows.train_test_split(test_size=d.val_fraction, seed=d.split_seed)
+            except ValueError:
+                raise FmbError(f"data.val_fraction={d.val_fraction:g} of the {len(train)} examples of split "
+                               f"'{d.train_split}' leaves an empty training or validation set; expected a fraction "
+                               "that keeps both non-empty, or name a split with data.val_split") from None
+        return {"train": (train, d.train_split, parts["train"]["row"]),
+                "val": (train, d.train_split, parts["test"]["row"])}
 
     def split_sizes(self) -> dict[str, int | None]:
         """Examples per role ('train', 'val', 'test'); None where a stream's size is unknown."""
@@ -164,7 +175,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.data.source == "synthetic":
             n_val = max(1, int(round(self.data.synthetic_size * self.data.val_fraction)))
             return {"train": self.data.synthetic_size, "val": n_val, "test": n_val}
-        return {role: None if self.data.streaming else len(hf) for role, (hf, _) in self._splits.items()}
+        return {role: None if self.data.streaming else len(rows if rows is not None else hf)
+                for role, (hf, _, rows) in self._splits.items()}
 
     def has_split(self, role: str) -> bool:
         self._load()
@@ -192,8 +204,8 @@ class ImageDataModule(L.LightningDataModule):
                                      seed=self.seed + {"train": 0, "val": 1, "test": 2}[role])
         if role not in self._splits:
             raise FmbError(f"data.source '{d.source}' has no {role} split (splits: "
-                           f"{', '.join(s for _, s in self._splits.values())}); expected data.{role}_split=NAME")
-        hf, split = self._splits[role]
+                           f"{', '.join(s for _, s, _ in self._splits.values())}); expected data.{role}_split=NAME")
+        hf, split, rows = self._splits[role]
         where = f"split '{split}' of data.source '{d.source}'"
         if role == "val" and split == d.train_split:
             where += f" (its held-out {d.val_fraction:g} for validation)"
@@ -203,7 +215,7 @@ class ImageDataModule(L.LightningDataModule):
         else:
             transform = build_eval_transform(self.eval_image_size, d.crop_ratio, normalize=False)
         if not d.streaming:
-            return MapImageSet(hf, self.columns, transform, self.skipped, d.on_bad_image, where)
+            return MapImageSet(hf, self.columns, transform, self.skipped, d.on_bad_image, where, rows)
         rank, world = self._rank_and_world()
         if train:
             hf = hf.shuffle(seed=self.seed, buffer_size=d.shuffle_buffer)
@@ -217,7 +229,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _stream_steps(self, world: int) -> int:
         """Batches every rank runs per epoch: the smallest rank's share, in full batches."""
-        hf, split = self._splits["train"]
+        hf, split, _ = self._splits["train"]
         info_splits = getattr(hf.info, "splits", None) or {}
         if split in info_splits and info_splits[split].num_examples:
             total = info_splits[split].num_examples
@@ -283,9 +295,9 @@ def _as_class_labels(splits: dict, columns: Columns) -> tuple[dict, Columns]:
     """Integer or string labels as a ClassLabel column, as `datasets` stratifies and encodes them."""
     feature = datasets.ClassLabel(names=columns.class_names)
     out = {}
-    for role, (hf, split) in splits.items():
+    for role, (hf, split, rows) in splits.items():
         try:
-            out[role] = (hf.cast_column(columns.label, feature), split)
+            out[role] = (hf.cast_column(columns.label, feature), split, rows)
         except (ValueError, KeyError) as exc:
             raise FmbError(f"labels of split '{split}' do not match the train split's classes "
                            f"({str(exc).splitlines()[0][:120]}); expected the same class names in every split") from None

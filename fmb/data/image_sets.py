@@ -66,9 +66,17 @@ class DecodeRows:
             try:
                 decoded.append(decode_image(value))
             except Exception as exc:  # any decoder failure is a bad image, handled by the caller
+                exc.fmb_path = _image_path(value)  # so the error names the file, not only the row
                 decoded.append(exc)
         batch[self.image_column] = decoded
         return batch
+
+
+def _image_path(value) -> str | None:
+    """The file an undecoded image came from, where `datasets` kept it (image folders do)."""
+    if isinstance(value, dict):
+        return value.get("path") or None
+    return value if isinstance(value, str) else None
 
 
 class _BadImages:
@@ -80,25 +88,27 @@ class _BadImages:
             self.skipped.add()
             return None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FmbError(f"corrupt image at {position} of {self.where} ({reason}); expected a readable image: "
+        path = getattr(exc, "fmb_path", None)
+        what = f"{path} (at {position} of {self.where})" if path else f"at {position} of {self.where}"
+        raise FmbError(f"corrupt image {what} ({reason}); expected a readable image: "
                        f"fix or remove it, or set data.on_bad_image=skip to drop bad images")
 
 
 class MapImageSet(torch.utils.data.Dataset):
-    """(image tensor, int label) for every row of a `datasets.Dataset`."""
+    """(image tensor, int label) for rows ``indices`` (default: all) of a `datasets.Dataset`."""
 
     def __init__(self, hf_dataset, columns: Columns, transform, skipped: SkipCounter,
-                 on_bad_image: str = "error", where: str = "split 'train'"):
+                 on_bad_image: str = "error", where: str = "split 'train'", indices=None):
         hf_dataset = hf_dataset.select_columns([columns.image, columns.label])
         self.rows = hf_dataset.with_transform(DecodeRows(columns.image))
-        self.columns, self.transform = columns, transform
+        self.columns, self.transform, self.indices = columns, transform, indices
         self.bad = _BadImages(skipped, on_bad_image, where)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.indices) if self.indices is not None else len(self.rows)
 
     def __getitem__(self, i: int):
-        index = int(i)
+        index = int(self.indices[i]) if self.indices is not None else int(i)
         row = self.rows[index]
         image = row[self.columns.image]
         if isinstance(image, BaseException):
@@ -155,6 +165,7 @@ class StreamImageSet(torch.utils.data.IterableDataset):
         try:
             image = decode_image(row[self.columns.image])
         except Exception as exc:
+            exc.fmb_path = _image_path(row[self.columns.image])
             return self.bad(f"stream position {position} (rank {self.rank}, worker {worker})", exc)
         return self.transform(image), self.columns.encode(row[self.columns.label])
 

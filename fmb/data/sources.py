@@ -7,6 +7,7 @@ parquet files and a hub dataset all arrive as the same thing: a dict of split na
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -23,6 +24,7 @@ from fmb.errors import FmbError
 BUILTIN_SOURCES = ("digits", "synthetic")
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 DIGITS_VERSION = "digits-v1"
+DIGITS_FILE = Path(__file__).with_name("digits.npz")  # images (1797, 8, 8) uint8 0..16, labels
 MAX_STREAM_SHARDS = 64  # shards made from an on-disk set when it is streamed (caps loader workers)
 
 
@@ -31,20 +33,22 @@ def default_cache_dir() -> Path:
 
 
 def digits_dataset(cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
-    """scikit-learn's 1,797 8×8 handwritten digits as a `datasets.Dataset` with an Image
-    and a ClassLabel column, saved once under the cache dir so later runs just load it."""
+    """The 1,797 8×8 handwritten digits (UCI "Optical Recognition of Handwritten Digits", the
+    set scikit-learn's `load_digits` returns; pixels 0..16) as a `datasets.Dataset` with an
+    Image and a ClassLabel column. They ship with fmb as fmb/data/digits.npz (45 KB), so no
+    scikit-learn is needed; saved once under the cache dir so later runs just load it."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / DIGITS_VERSION
     if not (target / "dataset_info.json").exists():
-        from sklearn.datasets import load_digits
         from PIL import Image as PILImage
 
-        bunch = load_digits()
-        pixels = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        with np.load(DIGITS_FILE) as digits:
+            images, labels = digits["images"], digits["labels"]
+        pixels = np.clip(np.round(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
         features = datasets.Features({"image": datasets.Image(),
                                       "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
         ds = datasets.Dataset.from_dict(
-            {"image": [PILImage.fromarray(p, "L") for p in pixels], "label": bunch.target.tolist()},
+            {"image": [PILImage.fromarray(p, "L") for p in pixels], "label": labels.tolist()},
             features=features)
         root.mkdir(parents=True, exist_ok=True)
         # build next to the target and rename, so a crash never leaves a half-written cache
@@ -161,19 +165,66 @@ def load_local(source: str, cache_dir=None, streaming: bool = False) -> dict:
                        f"or a save_to_disk directory") from exc
 
 
-def load_hub(source: str, name: str | None = None, cache_dir=None, streaming: bool = False) -> dict:
-    """A Hugging Face hub dataset (from the local `datasets` cache when offline)."""
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_endpoint() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One TCP connection to the hub, so an unreachable hub fails in seconds, not after
+    `datasets`' retries."""
+    import socket
+
     try:
-        return _as_splits(datasets.load_dataset(source, name, cache_dir=cache_dir, streaming=streaming))
+        socket.create_connection(hub_endpoint(), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_offline() -> bool:
+    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    return any(os.environ.get(f, "").lower() in ("1", "true", "yes") for f in flags) or bool(
+        getattr(datasets.config, "HF_HUB_OFFLINE", False))
+
+
+@contextlib.contextmanager
+def _cache_only():
+    """Load from the local cache only (`datasets` read HF_HUB_OFFLINE when it was imported)."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = (getattr(datasets.config, "HF_HUB_OFFLINE", False), hub_constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def load_hub(source: str, name: str | None = None, cache_dir=None, streaming: bool = False) -> dict:
+    """A Hugging Face hub dataset (from the local `datasets` cache when offline or when the
+    hub cannot be reached)."""
+    unreachable = not _hub_offline() and not hub_reachable()
+    try:
+        with _cache_only() if unreachable else contextlib.nullcontext():
+            return _as_splits(datasets.load_dataset(source, name, cache_dir=cache_dir, streaming=streaming))
     except FmbError:
         raise
     except Exception as exc:
         message = str(exc)
         if "Config name is missing" in message or "BuilderConfig" in message:
             raise FmbError(f"hub dataset '{source}' needs a config: {_first_line(exc)}; set data.name") from exc
-        offline = (os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-                   or "offline" in message.lower() or "connect" in message.lower())
-        why = "the hub is offline and it is not in the local cache" if offline else "it was not found"
+        offline = (_hub_offline() or "offline" in message.lower() or "connect" in message.lower())
+        host, port = hub_endpoint()
+        why = ("the hub is offline and it is not in the local cache" if offline else "it was not found")
+        if unreachable:
+            why = (f"the hub is unreachable (no connection to {host}:{port} within {HUB_PROBE_TIMEOUT_S:g} s) "
+                   "and it is not in the local cache")
         raise FmbError(
             f"could not load hub dataset '{source}'" + (f" (config '{name}')" if name else "")
             + f": {why} ({_first_line(exc)}); check the id, or download it where there is network "

@@ -15,6 +15,8 @@ from PIL import Image as PILImage
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from fmb.data.randaugment import PaperRandAugment
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,7 +93,7 @@ def build_train_transform(image_size: int, randaugment_magnitude: float = 0.0, n
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     if randaugment_magnitude > 0:
-        steps.append(T.RandAugment(num_ops=2, magnitude=int(round(randaugment_magnitude))))
+        steps.append(PaperRandAugment(num_ops=2, magnitude=int(round(randaugment_magnitude))))
     return T.Compose(steps + _tail(normalize))
 
 

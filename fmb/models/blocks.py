@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth
 
-from fmb.models.layers import DEFAULT_BN_EPS, conv2d, norm_layer
+from fmb.models.layers import BN_MOMENTUM, DEFAULT_BN_EPS, conv2d, norm_layer
 
 
 def squeeze_excitation(in_ch: int, channels: int, se_ratio: float) -> nn.Module | None:
@@ -33,19 +33,22 @@ class _Block(nn.Module):
 class FusedMBConv(_Block):
     """k×k conv (expands) + BN + SiLU, optional SE, 1×1 projection + BN.
 
-    With expand_ratio 1 the official block is a single k×k conv + BN + SiLU and nothing else.
+    With expand_ratio 1 the official block is a single k×k conv + BN + SiLU; its SE, if any,
+    gates the block *input* before that conv (official effnetv2_model.py FusedMBConvBlock:
+    SE sits between the skipped expansion and the projection). Neither timm (ConvBnAct,
+    no SE) nor torchvision (no SE in FusedMBConv) has this case, so it follows the official code.
     """
 
     def __init__(self, in_ch, out_ch, *, expand_ratio, kernel_size=3, stride=1, se_ratio=0.0,
-                 drop_path=0.0, bn_eps=DEFAULT_BN_EPS, padding="symmetric"):
+                 drop_path=0.0, bn_eps=DEFAULT_BN_EPS, bn_momentum=BN_MOMENTUM["v2"], padding="symmetric"):
         super().__init__()
-        norm = norm_layer(bn_eps)
+        norm = norm_layer(bn_eps, bn_momentum)
         self.single_conv = expand_ratio == 1
         if self.single_conv:
+            self.se = squeeze_excitation(in_ch, in_ch, se_ratio)
             self.conv = conv2d(in_ch, out_ch, kernel_size, stride, padding=padding)
             self.bn1 = norm(out_ch)
             self.act1 = nn.SiLU(inplace=True)
-            self.se = squeeze_excitation(in_ch, out_ch, se_ratio)
         else:
             mid = int(round(in_ch * expand_ratio))
             self.conv_exp = conv2d(in_ch, mid, kernel_size, stride, padding=padding)
@@ -58,10 +61,14 @@ class FusedMBConv(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.act1(self.bn1(self.conv(x) if self.single_conv else self.conv_exp(x)))
-        if self.se is not None:
-            x = self.se(x)
-        if not self.single_conv:
+        if self.single_conv:
+            if self.se is not None:
+                x = self.se(x)
+            x = self.act1(self.bn1(self.conv(x)))
+        else:
+            x = self.act1(self.bn1(self.conv_exp(x)))
+            if self.se is not None:
+                x = self.se(x)
             x = self.bn2(self.conv_pwl(x))
         return self.residual(shortcut, x)
 
@@ -70,9 +77,9 @@ class MBConv(_Block):
     """1×1 expand + BN + SiLU (skipped at expand_ratio 1), depthwise k×k + BN + SiLU, SE, 1×1 project + BN."""
 
     def __init__(self, in_ch, out_ch, *, expand_ratio, kernel_size=3, stride=1, se_ratio=0.0,
-                 drop_path=0.0, bn_eps=DEFAULT_BN_EPS, padding="symmetric"):
+                 drop_path=0.0, bn_eps=DEFAULT_BN_EPS, bn_momentum=BN_MOMENTUM["v2"], padding="symmetric"):
         super().__init__()
-        norm = norm_layer(bn_eps)
+        norm = norm_layer(bn_eps, bn_momentum)
         mid = int(round(in_ch * expand_ratio))
         self.has_expand = mid != in_ch
         # Names match timm's InvertedResidual (with expansion) and DepthwiseSeparableConv (without).

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fmb.models.blocks import BLOCK_TYPES
-from fmb.models.layers import DEFAULT_BN_EPS, conv2d, norm_layer
+from fmb.models.layers import BN_MOMENTUM, DEFAULT_BN_EPS, conv2d, norm_layer
 from fmb.models.specs import StageSpec, placement_of
 
 
@@ -29,12 +29,14 @@ class EfficientNet(nn.Module):
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.2,
         bn_eps: float = DEFAULT_BN_EPS,
+        bn_momentum: float = BN_MOMENTUM["v2"],
         padding: str = "symmetric",
     ):
         super().__init__()
-        norm = norm_layer(bn_eps)
+        norm = norm_layer(bn_eps, bn_momentum)
         self.stages_spec = tuple(stages)
         self.bn_eps = bn_eps
+        self.bn_momentum = bn_momentum
         self.padding = padding
         self.num_classes = num_classes
         self.num_features = head_channels
@@ -54,7 +56,7 @@ class EfficientNet(nn.Module):
                     in_ch, spec.out_channels, expand_ratio=spec.expand_ratio,
                     kernel_size=spec.kernel_size, stride=spec.stride if i == 0 else 1,
                     se_ratio=spec.se_ratio, drop_path=drop_path_rate * block_index / total_blocks,
-                    bn_eps=bn_eps, padding=padding,
+                    bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding,
                 ))
                 in_ch = spec.out_channels
                 block_index += 1
@@ -125,6 +127,7 @@ class EfficientNetFeatures(nn.Module):
         self.feature_info = [net.feature_info[i - 1] for i in self.out_indices]
         self.stages_spec = net.stages_spec
         self.bn_eps = net.bn_eps
+        self.bn_momentum = net.bn_momentum
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.act1(self.bn1(self.conv_stem(x)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fmb.errors import FmbError, choice_error
 from fmb.models.efficientnet import EfficientNet, EfficientNetFeatures
-from fmb.models.layers import DEFAULT_BN_EPS
+from fmb.models.layers import BN_MOMENTUM, DEFAULT_BN_EPS
 from fmb.models.specs import (
     VARIANTS, apply_overrides, apply_placement, get_variant, round_channels, scale_stages,
 )
@@ -52,6 +52,7 @@ def create_model(
     features_only: bool = False,
     out_indices=None,
     bn_eps: float | None = None,
+    bn_momentum: float | None = None,
 ):
     """Build an EfficientNet V1/V2 variant.
 
@@ -59,7 +60,8 @@ def create_model(
     stage_overrides: `{stage_number: {field: value}}` on the base (unscaled) stage table.
     width_mult / depth_mult: multiply the variant's own coefficients.
     pretrained: path to a torchvision / timm / fmb checkpoint (origin detected from keys).
-    bn_eps: defaults to 1e-3, or to the eps of the checkpoint's origin when loading.
+    bn_eps / bn_momentum: default to the official values (eps 1e-3; momentum 0.01 for V1, 0.1
+    for V2), or to those of the checkpoint's origin when loading (see weights.py).
     """
     variant, stages, width = build_stages(name, blocks, stage_overrides, width_mult, depth_mult)
     if padding not in PADDINGS:
@@ -70,11 +72,13 @@ def create_model(
         raise FmbError(f"invalid in_chans={in_chans!r}: expected an integer >= 1")
 
     state_dict = origin = None
+    explicit_bn = bn_eps is not None or bn_momentum is not None
     if pretrained:
         from fmb.models.weights import read_checkpoint
-        state_dict, origin = read_checkpoint(pretrained, family=variant.family, padding=padding)
-        if bn_eps is None:
-            bn_eps = origin.bn_eps
+        state_dict, origin = read_checkpoint(pretrained, family=variant.family, padding=padding,
+                                             variant=variant.name)
+        bn_eps = origin.bn_eps if bn_eps is None else bn_eps
+        bn_momentum = origin.bn_momentum if bn_momentum is None else bn_momentum
     model = EfficientNet(
         stages,
         stem_channels=round_channels(variant.stem_channels, width, variant.family),
@@ -85,12 +89,13 @@ def create_model(
         drop_path_rate=variant.drop_path_rate if drop_path_rate is None
         else _check_rate("drop_path_rate", drop_path_rate),
         bn_eps=DEFAULT_BN_EPS if bn_eps is None else bn_eps,
+        bn_momentum=BN_MOMENTUM[variant.family] if bn_momentum is None else bn_momentum,
         padding=padding,
     )
     model.variant = variant.name
     if state_dict is not None:
         from fmb.models.weights import load_into
-        load_into(model, state_dict, origin, source=str(pretrained))
+        load_into(model, state_dict, origin, source=str(pretrained), set_bn=not explicit_bn)
     if features_only:
         n = len(stages)
         indices = tuple(range(1, n + 1)) if out_indices is None else tuple(out_indices)

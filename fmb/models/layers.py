@@ -8,14 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The official EfficientNetV2 uses eps 1e-3; PyTorch ports of V1 use 1e-5. A built model
-# carries its own eps (see EfficientNet.bn_eps) so imported weights give their source's logits.
+# The official code uses eps 1e-3 for V1 and V2; PyTorch-trained ports (timm, torchvision
+# B0-B4) use 1e-5. A built model carries its own eps and momentum (EfficientNet.bn_eps,
+# .bn_momentum) so imported weights give their source's logits (see weights.py).
 DEFAULT_BN_EPS = 1e-3
-BN_MOMENTUM = 0.1  # PyTorch convention (TF's 0.99 decay)
+# PyTorch momentum = 1 - TF decay. The official V2 code (effnetv2 hparams.py) uses decay 0.9,
+# i.e. momentum 0.1; the official V1 code (efficientnet_builder.py) uses decay 0.99, i.e. 0.01.
+BN_MOMENTUM = {"v1": 0.01, "v2": 0.1}
 
 
-def norm_layer(eps: float = DEFAULT_BN_EPS):
-    return partial(nn.BatchNorm2d, eps=eps, momentum=BN_MOMENTUM)
+def norm_layer(eps: float = DEFAULT_BN_EPS, momentum: float = BN_MOMENTUM["v2"]):
+    return partial(nn.BatchNorm2d, eps=eps, momentum=momentum)
 
 
 class Conv2dSame(nn.Conv2d):

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from fmb.models import create_model, fuse_bn, get_variant
-from fmb.profiling.flops import count_module_macs
-from fmb.profiling.steps import autocast
-from fmb.profiling.timing import measure
+from fmb.profiling.measure import count_module_macs, count_params, infer_step, time_call, train_step
 
 EVEN = 1.05  # speedups within 5% either way are called even: the machine's noise is larger
 
@@ -27,29 +25,6 @@ def stage_input_shapes(model: nn.Module, resolution: int, batch_size: int) -> li
     return shapes
 
 
-def _time_stage(stage: nn.Module, x: torch.Tensor, *, mode, device, precision, fast, warmup, iters) -> dict:
-    out = {"infer_ms": None, "train_ms": None}
-    if mode in ("infer", "both"):
-        net = fuse_bn(stage) if fast else stage.eval()
-
-        def infer():
-            with torch.inference_mode(), autocast(device, precision):
-                net(x)
-        out["infer_ms"] = measure(infer, device=device, warmup=warmup, iters=iters)["median_ms"]
-    if mode in ("train", "both"):
-        stage.train()
-        opt = torch.optim.SGD(stage.parameters(), lr=0.01, momentum=0.9)
-
-        def train():
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                loss = stage(x).float().square().mean()
-            loss.backward()
-            opt.step()
-        out["train_ms"] = measure(train, device=device, warmup=warmup, iters=iters)["median_ms"]
-    return out
-
-
 def verdict(speedups: list[float]) -> str:
     """'fused' / 'mbconv' where every timed mode agrees beyond noise, else 'even' or 'mixed'."""
     if all(s >= EVEN for s in speedups):
@@ -57,6 +32,10 @@ def verdict(speedups: list[float]) -> str:
     if all(s <= 1 / EVEN for s in speedups):
         return "mbconv"
     return "even" if all(1 / EVEN < s < EVEN for s in speedups) else "mixed"
+
+
+def _stage_loss(out: torch.Tensor) -> torch.Tensor:
+    return out.float().square().mean()
 
 
 def compare_blocks(model_kwargs: dict, *, resolution: int, batch_size: int, device: str = "cpu",
@@ -71,6 +50,7 @@ def compare_blocks(model_kwargs: dict, *, resolution: int, batch_size: int, devi
     builds = {block: create_model(**kwargs, blocks=letter * n).to(device)
               for block, letter in (("mbconv", "M"), ("fused", "F"))}
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    modes = [m for m in ("infer", "train") if mode in (m, "both")]
     rows = []
     for i, shape in enumerate(stage_input_shapes(builds["mbconv"], resolution, batch_size)):
         spec = builds["mbconv"].stages_spec[i]
@@ -79,17 +59,14 @@ def compare_blocks(model_kwargs: dict, *, resolution: int, batch_size: int, devi
                "stride": spec.stride, "expand_ratio": spec.expand_ratio, "input_hw": shape[2]}
         for block, model in builds.items():
             stage = model.blocks[i].to(memory_format=memory_format)
-            row[f"{block}_params"] = sum(p.numel() for p in stage.parameters())
-            row[f"{block}_macs"] = count_module_macs(stage, x[:1])
-            timed = _time_stage(stage, x, mode=mode, device=device, precision=precision, fast=fast,
-                                warmup=warmup, iters=iters)
-            row.update({f"{block}_{k}": v for k, v in timed.items()})
-        speedups = []
+            row.update({f"{block}_params": count_params(stage), f"{block}_macs": count_module_macs(stage, x[:1]),
+                        f"{block}_infer_ms": None, f"{block}_train_ms": None})
+            for m in modes:
+                step = (infer_step(fuse_bn(stage) if fast else stage.eval(), x, precision) if m == "infer"
+                        else train_step(stage, x, _stage_loss, precision))
+                row[f"{block}_{m}_ms"] = time_call(step, warmup=warmup, iters=iters)["median_ms"]
         for m in ("infer", "train"):
-            fused_ms, mb_ms = row[f"fused_{m}_ms"], row[f"mbconv_{m}_ms"]
-            row[f"fused_speedup_{m}"] = mb_ms / fused_ms if fused_ms else None
-            if fused_ms:
-                speedups.append(mb_ms / fused_ms)
-        row["verdict"] = verdict(speedups)
+            row[f"fused_speedup_{m}"] = row[f"mbconv_{m}_ms"] / row[f"fused_{m}_ms"] if m in modes else None
+        row["verdict"] = verdict([row[f"fused_speedup_{m}"] for m in modes])
         rows.append(row)
     return rows

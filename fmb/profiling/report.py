@@ -1,14 +1,53 @@
-"""Render a `profile_model` result: rich tables for the terminal, a PNG bar chart for --plot."""
+"""What `fmb profile` and `fmb models` show: rich tables, JSON, a PNG bar chart (matplotlib Agg).
+
+`run_profile` is `fmb profile` as a library function; `describe_variants` is the table
+behind `fmb models`.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import torch
+import yaml
 from rich import box
+from rich.markup import escape
 from rich.table import Table
+
+from fmb.errors import FmbError
+from fmb.models import VARIANTS, create_model, get_variant
+from fmb.profiling.measure import count_macs, count_params
+from fmb.profiling.profile import profile_model
+from fmb.utils import atomic_write_text
+
+
+def parse_stage_sets(items) -> dict | None:
+    """['stage.4.kernel_size=5', ...] → {4: {'kernel_size': 5}}; values parsed as YAML scalars.
+
+    Stage numbers and field names are validated by create_model's apply_overrides."""
+    overrides: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 3 or parts[0] != "stage":
+            raise FmbError(f"invalid --set '{item}': expected stage.N.field=value, e.g. stage.4.kernel_size=5")
+        try:
+            number = int(parts[1])
+        except ValueError:
+            raise FmbError(f"invalid --set '{item}': stage '{parts[1]}' is not a number") from None
+        overrides.setdefault(number, {})[parts[2]] = yaml.safe_load(value)
+    return overrides or None
 
 
 def _ms(v):
     return "-" if v is None else f"{v:.2f}"
+
+
+def _spread(s: dict) -> str:
+    """The IQR from 4 timed runs on; below that the range (or nothing to spread)."""
+    if s["p25_ms"] is not None:
+        return f"IQR {s['p25_ms']:.1f}-{s['p75_ms']:.1f}"
+    return f"range {s['min_ms']:.1f}-{s['max_ms']:.1f} of {s['iters']}" if s["iters"] > 1 else "1 run"
 
 
 def summary_table(r: dict) -> Table:
@@ -21,8 +60,7 @@ def summary_table(r: dict) -> Table:
     for key, label, spread in (("infer_latency_ms", "infer ms / batch (median)", "infer_latency_spread_ms"),
                                ("train_step_ms", "train step ms (median)", "train_step_spread_ms")):
         if r[key] is not None:
-            s = r[spread]
-            t.add_row(label, f"{r[key]:.1f}  [IQR {s['p25_ms']:.1f}-{s['p75_ms']:.1f}]")
+            t.add_row(label, f"{r[key]:.1f}  " + escape(f"[{_spread(r[spread])}]"))
     if r["infer_images_per_sec"] is not None:
         t.add_row("infer img/s", f"{r['infer_images_per_sec']:.1f}")
     if r["train_images_per_sec"] is not None:
@@ -86,3 +124,44 @@ def plot(result: dict, path: Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_profile(*, variant, blocks, sets, width_mult, depth_mult, num_classes, resolution, batch_size, mode,
+                device, precision, channels_last, compile, fast, compare_blocks, warmup, iters,
+                json_path, plot_path, console) -> dict:
+    model_kwargs = {"name": variant, "blocks": blocks, "stage_overrides": parse_stage_sets(sets),
+                    "width_mult": width_mult, "depth_mult": depth_mult, "num_classes": num_classes}
+    result = profile_model(model_kwargs, resolution=resolution, batch_size=batch_size, device=device,
+                           precision=precision, mode=mode, channels_last=channels_last, compile=compile,
+                           fast=fast, warmup=warmup, iters=iters, per_stage=True, compare_blocks=compare_blocks)
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(summary_table(result))
+    console.print(stages_table(result["stages"]))
+    if result["compare_blocks"]:
+        console.print(compare_table(result["compare_blocks"]))
+    if plot_path:
+        plot(result, plot_path)
+    if json_path:
+        atomic_write_text(Path(json_path), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def describe_variant(name: str, num_classes: int = 1000) -> dict:
+    variant = get_variant(name)
+    with torch.device("meta"):  # shapes only: the whole table costs about a second
+        model = create_model(name, num_classes=num_classes)
+    return {
+        "name": name,
+        "family": variant.family,
+        "params": count_params(model),
+        "gmacs": round(count_macs(model, variant.eval_size) / 1e9, 3),
+        "placement": variant.placement,
+        "train_size": variant.train_size,
+        "eval_size": variant.eval_size,
+        "drop_rate": variant.drop_rate,
+    }
+
+
+def describe_variants(names=None) -> list[dict]:
+    return [describe_variant(n) for n in (names or list(VARIANTS))]

@@ -15,13 +15,12 @@ from fmb.training.module import ImageClassifier, accuracy_metrics
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    from fmb.training.rundir import read_checkpoint_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FmbError(f"checkpoint not found: {path}; expected a .ckpt from a run's checkpoints/ directory")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's input problem
-        raise FmbError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+    if path.is_dir():
+        raise FmbError(f"{path} is a directory; expected a .ckpt file such as {path / 'checkpoints' / 'last.ckpt'}")
+    ckpt = read_checkpoint_file(path)  # empty, text, random or truncated files: one line saying which
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or not ({"config", "model_kwargs"} & set(hp)) or "state_dict" not in ckpt:
         raise FmbError(f"{path} is not an fmb checkpoint (no model hyperparameters); expected a .ckpt written "
@@ -38,7 +37,7 @@ def _upgrade(hp: dict) -> dict:
     config["data"] = {**config.get("data", {}), **{k: hp["data"][k] for k in ("image_size", "eval_image_size")
                                                    if k in (hp.get("data") or {})}}
     return {"config": config, "num_classes": hp["num_classes"], "class_names": hp.get("class_names"),
-            "bn_eps": hp["model_kwargs"].get("bn_eps")}
+            "bn_kwargs": {"bn_eps": hp["model_kwargs"]["bn_eps"]} if hp["model_kwargs"].get("bn_eps") else None}
 
 
 def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
@@ -50,7 +49,7 @@ def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
     hp = _upgrade(dict(ckpt["hyper_parameters"]))
     config = from_dict(hp["config"])
     config.model.compile = False
-    module = ImageClassifier(config, hp["num_classes"], hp.get("class_names"), bn_eps=hp.get("bn_eps"))
+    module = ImageClassifier(config, hp["num_classes"], hp.get("class_names"), bn_kwargs=hp.get("bn_kwargs"))
     state = ckpt["state_dict"]
     if not ema:
         if "current_model_state" not in ckpt:
@@ -62,43 +61,69 @@ def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
 
 def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list[str] | None = None,
              resolution: int | None = None, ema: bool = True, batch_size: int | None = None,
-             device: str = "cpu") -> dict:
+             device: str = "auto", precision: str = "fp32", num_workers: int | None = None) -> dict:
     """Evaluate on the run's own data (or with `data_overrides`, `key=value` items of data.*),
-    single process: exact counts, no padding."""
-    if split not in ("val", "test"):
-        raise FmbError(f"unknown split '{split}'; expected 'val' or 'test'")
+    single process: exact counts, no padding.
+
+    `split` is `val` (the run's validation split, carved or named), `test`, or any split name
+    of the source (e.g. `train`). A split the source lacks is an error listing those it has —
+    never a silent fall-back to another split. `device` is auto|cpu|cuda[:N]|mps; `precision`
+    fp32|bf16|fp16 (autocast). The result names the split, image count, checkpoint and
+    weights (`weights`: "ema" or "raw")."""
+    import os
+
+    from fmb.inference.device import autocast, check_precision, resolve_device
+
+    target = resolve_device(device)
+    precision = check_precision(precision, target)
+    if batch_size is not None and batch_size < 1:
+        raise FmbError(f"--batch-size {batch_size}; expected 1 or more")
     ckpt = load_checkpoint(checkpoint)
-    module = restore_module(ckpt, ema=ema).to(device)
+    module = restore_module(ckpt, ema=ema).to(target)
     hp = _upgrade(dict(ckpt["hyper_parameters"]))
     overrides = [f"data.{item.removeprefix('data.')}" for item in data_overrides or []]
+    role = "val" if split == "val" else "test"
+    if split not in ("val", "test"):
+        overrides.append(f"data.test_split={split}")  # any named split of the source, evaluated as 'test'
     if resolution is not None:
         overrides.append(f"data.eval_image_size={resolution}")
     if batch_size is not None:
         overrides.append(f"data.batch_size={batch_size}")
+    if num_workers is not None:
+        overrides.append(f"data.num_workers={num_workers}")
     saved = dict(hp["config"])
     saved.pop("trainer", None)  # evaluation needs none of the saved trainer's settings
     cfg = _with_overrides(saved, overrides)
+    available = _source_splits(cfg)
+    if split not in ("val", "test") and available is not None and split not in available:
+        raise FmbError(f"data.source '{cfg.data.source}' has no split '{split}'; its splits are "
+                       f"{', '.join(available)} (plus val, held out from {cfg.data.train_split} when it has none)")
     datamodule = ImageDataModule(cfg.data, cfg.aug, seed=cfg.run.seed)
-    datamodule.setup("validate" if split == "val" else "test")
+    datamodule.setup("validate" if role == "val" else "test")
     num_classes = hp["num_classes"]
     if datamodule.num_classes != num_classes or (hp.get("class_names") and list(hp["class_names"]) != datamodule.class_names):
         raise FmbError(f"checkpoint was trained on {num_classes} classes "
                        f"({', '.join(map(str, (hp.get('class_names') or [])[:5]))}, ...) but the data has "
                        f"{datamodule.num_classes} ({', '.join(datamodule.class_names[:5])}, ...); expected the same classes")
-    role = "val" if split == "val" else "test"
     if not datamodule.has_split(role):
-        raise FmbError(f"data.source '{cfg.data.source}' has no test split; expected data.test_split=NAME "
-                       "(fmb eval --data test_split=NAME), or --split val")
+        raise FmbError(f"data.source '{cfg.data.source}' has no {role} split; its splits are "
+                       f"{', '.join(available or [])}; expected --split with one of them (or val), or "
+                       f"--data test_split=NAME")
+    split_name = datamodule._splits[role][1] if datamodule._splits else role
+    if role == "val" and split_name == cfg.data.train_split and cfg.data.val_split is None:
+        split_name = f"{split_name} (held-out {cfg.data.val_fraction:g} for validation)"
     loader = datamodule.val_dataloader() if role == "val" else datamodule.test_dataloader()
 
-    metrics = accuracy_metrics(num_classes).to(device)
-    per_class = MulticlassAccuracy(num_classes, average=None).to(device)
-    confusion = MulticlassConfusionMatrix(num_classes).to(device)
+    metrics = accuracy_metrics(num_classes).to(target)
+    per_class = MulticlassAccuracy(num_classes, average=None).to(target)
+    confusion = MulticlassConfusionMatrix(num_classes).to(target)
     loss_sum, count = 0.0, 0
     with torch.inference_mode():
         for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            logits = module(images)
+            images, labels = images.to(target, non_blocking=True), labels.to(target, non_blocking=True)
+            with autocast(precision, target):
+                logits = module(images)
+            logits = logits.float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             count += labels.numel()
             metrics.update(logits, labels)
@@ -109,19 +134,37 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
     scores = {k: float(v) for k, v in metrics.compute().items()}
     names = list(hp.get("class_names") or range(num_classes))
     matrix = confusion.compute().cpu()
+    weights = "ema" if ema and "current_model_state" in ckpt else "raw"
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": os.path.abspath(checkpoint),
         "split": split,
+        "split_name": split_name,
+        "data_source": cfg.data.source,
+        "images": count,
         "examples": count,
         "top1": scores["top1"],
         "top5": scores.get("top5"),
         "loss": loss_sum / count,
-        "ema": ema and "current_model_state" in ckpt,
+        "weights": weights,
+        "ema": weights == "ema",
+        "device": str(target),
+        "precision": precision,
+        "batch_size": cfg.data.batch_size,
         "eval_image_size": datamodule.eval_image_size,
+        "skipped_images": datamodule.skipped_images,
         "per_class": [{"class": str(n), "accuracy": float(a), "support": int(matrix[i].sum())}
                       for i, (n, a) in enumerate(zip(names, per_class.compute().cpu()))],
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def _source_splits(cfg: TrainConfig) -> list[str] | None:
+    """The split names the data source has (None for synthetic data, which has every role)."""
+    if cfg.data.source == "synthetic":
+        return None
+    from fmb.data.sources import load_source
+    return list(load_source(cfg.data.source, cfg.data.name, cache_dir=cfg.data.cache_dir,
+                            streaming=cfg.data.streaming))
 
 
 def _with_overrides(saved: dict, overrides: list[str]) -> TrainConfig:

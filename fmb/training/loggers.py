@@ -1,12 +1,31 @@
-"""Loggers writing into the run directory; a resumed run appends to its metrics.csv."""
+"""Loggers writing into the run directory, chosen by `run.loggers` (Lightning's own loggers).
+
+- csv: `metrics.csv` in the run dir (always; a resumed run appends to it) + `hparams.yaml`;
+- tensorboard: `tensorboard/`;
+- wandb: W&B, files under `wandb/` (`run.wandb_offline=true`: no network, `wandb sync` later);
+  a resumed run continues the same W&B run (its id comes from the run dir);
+- mlflow: MLflow, by default a file store at `mlruns/` in the run dir (`run.mlflow_tracking_uri`
+  for a server); each resumed segment is its own MLflow run, tagged with the run dir.
+
+Every logger gets the hyperparameters: the whole config (Lightning logs the module's) plus
+the resolved placement, parameter count, classes and global batch (`LogHyperparameters`).
+"""
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from fmb.errors import FmbError
+
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -29,13 +48,90 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-def run_loggers(run_dir: Path) -> list:
-    """metrics.csv directly in the run dir, plus TensorBoard under tensorboard/ when installed."""
-    loggers = [ResumableCSVLogger(save_dir=run_dir, name="", version="")]
+def _missing(name: str, package: str) -> FmbError:
+    return FmbError(f"run.loggers includes {name} but {package} is not installed; expected "
+                    f"pip install 'fmb[{name}]' (or drop {name} from run.loggers)")
+
+
+def _tensorboard(run_dir: Path, run):
+    from lightning.pytorch.loggers import TensorBoardLogger
     try:
-        import tensorboard  # noqa: F401 - optional
-        from lightning.pytorch.loggers import TensorBoardLogger
+        import tensorboard  # noqa: F401 - Lightning falls back to tensorboardX silently otherwise
     except ImportError:
-        return loggers
-    loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False))
+        raise _missing("tensorboard", "tensorboard") from None
+    return TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False)
+
+
+def _wandb(run_dir: Path, run):
+    from lightning.pytorch.loggers import WandbLogger
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise _missing("wandb", "wandb") from None
+    run_id = "fmb-" + hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]  # same run on resume
+    return WandbLogger(name=run.name or run_dir.parent.name, save_dir=str(run_dir), project=run.wandb_project,
+                       offline=run.wandb_offline, id=run_id, resume="allow")
+
+
+def _mlflow(run_dir: Path, run):
+    from lightning.pytorch.loggers import MLFlowLogger
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise _missing("mlflow", "mlflow-skinny") from None
+    uri = run.mlflow_tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+    if uri.startswith("file:"):  # MLflow 3 keeps the file store behind this opt-in (no server, no database)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MLFlowLogger(experiment_name=run.name or run_dir.parent.name or "fmb", run_name=run_dir.name,
+                        tracking_uri=uri, tags={"run_dir": str(run_dir.resolve())})
+
+
+_BUILDERS = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}
+
+
+def run_loggers(run_dir: Path, run=None) -> list:
+    """The loggers `run.loggers` names (a RunConfig; None = csv + tensorboard), CSV first."""
+    names = list(run.loggers) if run is not None else ["csv", "tensorboard"]
+    loggers = [ResumableCSVLogger(save_dir=run_dir, name="", version="")]
+    for name in names:
+        if name != "csv":
+            loggers.append(_BUILDERS[name](Path(run_dir), run))
     return loggers
+
+
+def flat_hyperparameters(config: dict, prefix: str = "") -> dict:
+    """{'model.variant': ..., 'data.batch_size': ...}: one scalar per key, as dashboards want."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "stage_overrides":
+            flat.update(flat_hyperparameters(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return flat
+
+
+class LogHyperparameters(L.Callback):
+    """At fit start, log what the config alone does not say: the resolved placement, parameter
+    count, classes and batch sizes, and the config flattened to dotted keys."""
+
+    def on_fit_start(self, trainer, pl_module):
+        if not trainer.loggers:
+            return
+        from fmb.training.optim import global_batch_size
+
+        model = getattr(pl_module, "model", None)
+        values = flat_hyperparameters(pl_module.hparams.get("config") or {})
+        values.update({
+            "placement": getattr(model, "placement", None),
+            "params": sum(p.numel() for p in pl_module.parameters()),
+            "num_classes": pl_module.hparams.get("num_classes"),
+            "world_size": trainer.world_size,
+            "global_batch_size": global_batch_size(values.get("data.batch_size") or 1, trainer),
+        })
+        self._log(trainer, values)
+
+    @rank_zero_only
+    def _log(self, trainer, values):
+        for logger in trainer.loggers:
+            logger.log_hyperparams(values)

@@ -5,7 +5,6 @@ import functools
 import time
 
 import lightning as L
-from lightning.pytorch.callbacks import WeightAveraging
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
@@ -14,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from fmb.config import ModelConfig, TrainConfig, from_dict, to_dict
 from fmb.errors import FmbError
 from fmb.models import create_model
+from fmb.training.ema import WarmupEMAWeightAveraging
 from fmb.training.optim import build_optimizer, effective_lr, global_batch_size, lr_factor, param_groups
 
 
@@ -34,18 +34,18 @@ def model_kwargs(model: ModelConfig) -> dict:
 class ImageClassifier(L.LightningModule):
     """An fmb EfficientNet trained as `config` says (the whole run config, typed or as saved).
 
-    The hyperparameters are that config as plain data, the classes and the BN eps of
-    pretrained weights, so a checkpoint alone rebuilds the module (it loads with
+    The hyperparameters are that config as plain data, the classes and the BatchNorm eps and
+    momentum of pretrained weights' origin, so a checkpoint alone rebuilds the module (it loads with
     weights_only=True). `config.data` must hold the resolved image sizes.
     """
 
     def __init__(self, config: TrainConfig | dict, num_classes: int, class_names: list | None = None,
-                 bn_eps: float | None = None):
+                 bn_kwargs: dict | None = None):
         super().__init__()
         self.cfg = from_dict(config) if isinstance(config, dict) else config
         self.save_hyperparameters({"config": to_dict(self.cfg), "num_classes": num_classes,
-                                   "class_names": class_names, "bn_eps": bn_eps})
-        self.model = create_model(**model_kwargs(self.cfg.model), num_classes=num_classes, bn_eps=bn_eps)
+                                   "class_names": class_names, "bn_kwargs": bn_kwargs})
+        self.model = create_model(**model_kwargs(self.cfg.model), num_classes=num_classes, **(bn_kwargs or {}))
         if self.cfg.model.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Compile the forward only, kept out of the registered submodules so the state dict
@@ -98,9 +98,8 @@ class ImageClassifier(L.LightningModule):
         if self.trainer.state.fn != "fit":
             return None
         for callback in self.trainer.callbacks:
-            average = getattr(callback, "_average_model", None) if isinstance(callback, WeightAveraging) else None
-            if average is not None:
-                return average.module.eval()  # the copy keeps its training flag; BN must use running stats
+            if isinstance(callback, WarmupEMAWeightAveraging) and callback.raw_model() is not None:
+                return callback.raw_model().eval()  # the copy keeps its training flag; BN must use running stats
         return None
 
     def validation_step(self, batch, batch_idx):
@@ -134,6 +133,12 @@ class ImageClassifier(L.LightningModule):
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_loss.reset()
         self.test_metrics.reset()
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        """Class probabilities [B, num_classes] for `Trainer.predict`; a batch is images or
+        (images, labels) as fmb's loaders give."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(images).float().softmax(dim=-1)
 
     # --- optimization ---------------------------------------------------------------
     def configure_optimizers(self):

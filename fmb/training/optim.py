@@ -7,8 +7,11 @@ import torch
 from torch import nn
 
 from fmb.errors import choice_error
+from fmb.training.rmsprop_tf import RMSpropTF
 
-OPTIMIZERS = ("rmsprop", "sgd", "adamw")
+# "rmsprop" is the paper's (TensorFlow's) RMSProp; "rmsprop_torch" is torch.optim.RMSprop with
+# the same numbers, whose steps are far larger (eps outside the sqrt, squared average from 0).
+OPTIMIZERS = ("rmsprop", "rmsprop_torch", "sgd", "adamw")
 SCHEDULES = ("cosine", "exponential", "constant")
 
 
@@ -33,7 +36,9 @@ def effective_lr(lr: float, per_256: bool, global_batch: int) -> float:
 
 def build_optimizer(name: str, groups, lr: float, momentum: float) -> torch.optim.Optimizer:
     if name == "rmsprop":
-        # The paper's RMSProp: decay 0.9, momentum 0.9, eps 1e-3.
+        # The paper's RMSProp (TF semantics): decay 0.9, momentum 0.9, eps 1e-3.
+        return RMSpropTF(groups, lr=lr, alpha=0.9, momentum=momentum, eps=1e-3)
+    if name == "rmsprop_torch":
         return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, momentum=momentum, eps=1e-3)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
@@ -44,15 +49,18 @@ def build_optimizer(name: str, groups, lr: float, momentum: float) -> torch.opti
 
 def lr_factor(step: int, *, name: str, total_steps: int, steps_per_epoch: float, warmup_epochs: float,
               decay_rate: float = 0.97, decay_epochs: float = 2.4, min_lr_ratio: float = 0.0) -> float:
-    """Multiplier of the base lr at optimizer step `step`: linear warmup, then the schedule."""
+    """Multiplier of the base lr at optimizer step `step`: linear warmup, then the schedule.
+
+    The exponential schedule counts from step 0, as the official code (effnetv2 utils.py,
+    WarmupLearningRateSchedule) does: warmup only replaces its first steps."""
     warmup = int(round(warmup_epochs * steps_per_epoch))
     if step < warmup:
         return (step + 1) / warmup
     if name == "constant":
         return 1.0
     if name == "exponential":
-        # Staircase decay as the official code: x decay_rate every decay_epochs.
-        return max(min_lr_ratio, decay_rate ** math.floor((step - warmup) / (decay_epochs * steps_per_epoch)))
+        # Staircase decay as the official code: x decay_rate every decay_epochs, from step 0.
+        return max(min_lr_ratio, decay_rate ** math.floor(step / (decay_epochs * steps_per_epoch)))
     if name == "cosine":
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

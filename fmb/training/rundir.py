@@ -1,16 +1,30 @@
-"""Where a run lives, decided once and the same on every rank, and checkpoints written atomically."""
+"""Where a run lives, and the run directory as a transaction.
+
+A run directory is decided once and is the same on every rank; rank 0 holds an exclusive
+lock on it for the run's life; checkpoints are written atomically; a resume that fails
+before its first new checkpoint puts the run's files back as they were; a run that died
+before any checkpoint starts again in place; resuming from an older checkpoint branches.
+"""
 from __future__ import annotations
 
+import csv
+import fcntl
+import io
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fmb.errors import FmbError
+from fmb.errors import FmbError, describe_os_error, write_error
 
 RUN_DIR_ENV = "FMB_RUN_DIR"
+RESUME_ENV = "FMB_RESUME_CKPT"  # rank 0's checkpoint choice, for the ranks Lightning starts
 
 
 def _started_by_lightning() -> bool:
@@ -66,16 +80,293 @@ def resume_point(path: Path) -> tuple[Path, Path]:
     ckpt = path / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise FmbError(f"cannot resume {path}: no checkpoints/last.ckpt there (the run stopped before "
-                       "its first epoch ended); start a new run without --resume")
+                       f"its first checkpoint); start it again in place: {restart_command(path)}")
     return path, ckpt
 
 
+def restart_command(run_dir: Path) -> str:
+    return f"fmb train -c {run_dir / 'config.yaml'} run.dir={run_dir}"
+
+
+# ---- reading checkpoints -------------------------------------------------------------------
+
+def read_checkpoint_file(path: Path, *, mmap: bool = False) -> dict:
+    """A .ckpt loaded safely (tensors and plain data only), or one line saying what the file is."""
+    path = Path(path)
+    if not path.is_file():
+        raise FmbError(f"checkpoint not found: {path}; expected a .ckpt from a run's checkpoints/ directory")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise FmbError(f"cannot read checkpoint {path}: {describe_os_error(exc)}") from None
+    expected = "expected a .ckpt written by fmb train"
+    if size == 0:
+        raise FmbError(f"checkpoint {path} is empty (0 bytes; a copy or save that never finished?); {expected}")
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch's zip format, or a legacy pickle
+        kind = "text" if _looks_like_text(path) else "unknown binary data"
+        raise FmbError(f"{path} is not a checkpoint (it holds {kind}, not a torch archive); {expected}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head == b"PK\x03\x04")
+    except Exception as exc:  # noqa: BLE001 - whatever torch says, the file is the user's input problem
+        text = str(exc)
+        if "Weights only load failed" in text or "weights_only" in text:
+            raise FmbError(f"{path} holds Python objects besides tensors and plain data, which fmb does not load "
+                           f"(loading them could run code); {expected}") from None
+        raise FmbError(f"checkpoint {path} is truncated or corrupt ({size:,} bytes; "
+                       f"{text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__}); {expected}"
+                       ) from None
+    if not isinstance(state, dict):
+        raise FmbError(f"{path} holds a {type(state).__name__}, not a checkpoint; {expected}")
+    return state
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        sample = f.read(512)
+    try:
+        sample.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def check_resumable(state: dict, path: Path, module) -> None:
+    """A checkpoint Lightning can resume and whose weights fit this run's model, checked
+    before anything is written (a mismatch would otherwise fail after the run began)."""
+    missing = [key for key in ("state_dict", "loops", "optimizer_states", "epoch") if key not in state]
+    if missing:
+        raise FmbError(f"cannot resume from {path}: it lacks {', '.join(missing)}, so it is not a training "
+                       "checkpoint; expected checkpoints/last.ckpt (or best-*.ckpt) written by fmb train")
+    own = module.state_dict()
+    theirs = state["state_dict"]
+    unknown = [k for k in theirs if k not in own]
+    absent = [k for k in own if k not in theirs]
+    wrong = [k for k in theirs if k in own and tuple(theirs[k].shape) != tuple(own[k].shape)]
+    if unknown or absent or wrong:
+        key = (wrong or unknown or absent)[0]
+        detail = (f"{key} has shape {list(theirs[key].shape)}, the run's model {list(own[key].shape)}" if wrong
+                  else f"{len(unknown)} unexpected and {len(absent)} missing weights, e.g. {key}")
+        raise FmbError(f"cannot resume from {path}: its weights are not this run's model ({detail}); expected "
+                       "a checkpoint of the run in this directory, with the run's model settings")
+
+
+def checkpoint_step(path: Path) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(state.get("global_step", 0))
+
+
+def resume_epoch(state: dict) -> int:
+    """The epoch a resumed run starts in: the epochs whose training the checkpoint holds
+    (an end-of-epoch checkpoint of epoch 0 has processed 1; one saved mid-epoch 1 by a
+    SIGTERM has processed 1 too, and that epoch is trained again)."""
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", state.get("epoch", 0)))
+
+
+# ---- the run directory's lock and its state ------------------------------------------------
+
+LOCK_NAME = ".fmb.lock"
+FAILED_ATTEMPTS = "failed-attempts"
+RUN_FILES = ("config.yaml", "summary.json", "metrics.csv", "hparams.yaml", "error.log", "tensorboard")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """run.dir must be (or become) a writable directory: said before any work."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FmbError(f"run.dir {run_dir} is an existing file; expected a directory (choose another run.dir)")
+    folder = run_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FmbError(f"run.dir {run_dir}: {folder} is a file, not a folder; choose another run.dir")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FmbError(f"run.dir {run_dir} is not writable ({folder} is read-only or not yours); "
+                       "choose another run.dir")
+
+
+class RunLock:
+    """An exclusive flock on <run dir>/.fmb.lock for the run's life: a second process that
+    wants the same directory is refused at once. The kernel drops it when the process dies,
+    so a killed run never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self._fd, self._created = Path(run_dir), None, False
+
+    def acquire(self) -> RunLock:
+        check_run_dir(self.run_dir)
+        self._created = not self.run_dir.exists()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise FmbError(f"cannot create run dir {self.run_dir}: {describe_os_error(exc)}; "
+                           "choose another run.dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise FmbError(f"run dir {self.run_dir} is in use by another fmb process (it holds "
+                           f"{self.run_dir / LOCK_NAME}); wait for it to end or choose another run.dir") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if self._created and {p.name for p in self.run_dir.iterdir()} == {LOCK_NAME}:
+            # nothing but the lock: a run refused before it began leaves no empty directory behind
+            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
+            self.run_dir.rmdir()
+        os.close(self._fd)
+        self._fd = None
+
+
+def read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / "config.yaml").exists() or bool(run_checkpoints(run_dir))
+
+
+def set_aside_failed_attempt(run_dir: Path) -> Path:
+    """Move the files of an attempt that died before its first checkpoint into
+    failed-attempts/<time>/, so the run starts again in place and nothing is deleted."""
+    target = run_dir / FAILED_ATTEMPTS / time.strftime("%Y%m%d-%H%M%S")
+    suffix = 1
+    while target.exists():
+        target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+        suffix += 1
+    target.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, target / name)
+    return target
+
+
+def slurm_requeued(summary: dict) -> bool:
+    """This process is the requeued SLURM job whose earlier attempt was preempted in this run."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    return summary.get("status") == "preempted" and bool(job) and summary.get("slurm_job_id") == job
+
+
+def branch_dir(run_dir: Path, ckpt: Path) -> Path:
+    """A sibling directory for a run continued from an older checkpoint."""
+    path = run_dir.with_name(f"{run_dir.name}-from-{ckpt.stem}")
+    suffix = 1
+    while path.exists():
+        path = run_dir.with_name(f"{run_dir.name}-from-{ckpt.stem}.{suffix}")
+        suffix += 1
+    return path
+
+
+def start_branch(run_dir: Path, ckpt: Path, branch: Path, first_epoch: int, first_step: int) -> Path:
+    """Copy the run's config, its metrics before `first_epoch` and the checkpoint into
+    `branch` (already locked); the original run is only read. Returns the copied checkpoint."""
+    (branch / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run_dir / "config.yaml", branch / "config.yaml")
+    if (run_dir / "metrics.csv").is_file():
+        shutil.copy2(run_dir / "metrics.csv", branch / "metrics.csv")
+        trim_metrics(branch / "metrics.csv", first_epoch, first_step)
+    target = branch / "checkpoints" / ckpt.name
+    shutil.copy2(ckpt, target)
+    return target
+
+
+def trim_metrics(path: Path, first_epoch: int, first_step: int) -> None:
+    """Drop the rows of epochs a resumed run will train again (an epoch cut short by a kill,
+    or the epochs after an older checkpoint), so metrics.csv never holds an epoch twice;
+    rows without an epoch (learning rates) go by their step."""
+    from fmb.utils import atomic_write_text
+
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "epoch" not in rows[0]:
+        return
+    epoch, step = rows[0].index("epoch"), rows[0].index("step") if "step" in rows[0] else None
+
+    def number(row, column):
+        try:
+            return float(row[column])
+        except (IndexError, TypeError, ValueError):
+            return None
+
+    def keep(row):
+        if number(row, epoch) is not None:
+            return number(row, epoch) < first_epoch
+        return step is None or number(row, step) is None or number(row, step) < first_step
+    kept = [rows[0]] + [row for row in rows[1:] if keep(row)]
+    if len(kept) != len(rows):
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(kept)
+        atomic_write_text(path, out.getvalue())
+
+
+class RunSnapshot:
+    """The run's small files (not its checkpoints) before a resume; put back exactly, and
+    files the attempt added removed, when the resume fails before its first new checkpoint."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.files = {p: p.read_bytes() for p in self._tracked()}
+
+    def _tracked(self) -> list[Path]:
+        return [p for p in self.run_dir.rglob("*") if p.is_file() and p.suffix != ".ckpt"
+                and p.name != LOCK_NAME and FAILED_ATTEMPTS not in p.relative_to(self.run_dir).parts]
+
+    def restore(self, keep=("error.log",)) -> None:
+        from fmb.utils import atomic_write_bytes
+
+        for path in self._tracked():
+            if path not in self.files and path.name not in keep:
+                path.unlink(missing_ok=True)
+        for path, data in self.files.items():
+            if not path.is_file() or path.read_bytes() != data:
+                atomic_write_bytes(path, data)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Save to a temp file and rename, so a kill mid-save never leaves a truncated checkpoint."""
+    """Save to a temp file and rename, so a kill mid-save never leaves a truncated checkpoint;
+    a failed save (disk full) leaves no temp file and the previous checkpoint as it was.
+    `after_save` (if set) runs once a checkpoint is in place: the run commits its files then."""
+
+    after_save = None
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise write_error(path, exc) from None
+        if self.after_save is not None:
+            self.after_save(path)
+
+
+class Preemption(Callback):
+    """SIGTERM (SLURM's preemption and time-limit signal) makes Lightning stop its loops with
+    SIGTERMException; this saves the current state as last.ckpt before the run ends, so the
+    run (or SLURM's requeued job) resumes from the step it reached."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "checkpoints" / "last.ckpt"
+        self.saved = False
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path)
+            self.saved = True
