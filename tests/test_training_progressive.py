@@ -38,6 +38,19 @@ def test_sizes_scale_to_small_native_resolution():
     assert explicit[0].image_size == 24 and explicit[-1].dropout == 0.5
 
 
+def test_official_schedule_follows_google_automl():
+    """main.py: size int(128 + (300 - 128) * (i + 1) / 4), RandAugment linspace(5, 10, 4),
+    mixup = cutmix linspace(0, alpha, 4), dropout not scheduled (effnetv2_configs.py values)."""
+    plan = plan_stages("efficientnetv2_s", max_epochs=350, stages=4, max_image_size=300, schedule="official")
+    assert [v.image_size for v in plan] == [171, 214, 257, 300]
+    assert [v.randaugment_magnitude for v in plan] == pytest.approx([5, 6.667, 8.333, 10], abs=1e-3)
+    assert all(v.dropout is None and v.mixup_alpha == v.cutmix_alpha == 0 for v in plan)
+    large = plan_stages("efficientnetv2_l", max_epochs=8, stages=4, max_image_size=384, schedule="official")
+    assert [v.image_size for v in large] == [192, 256, 320, 384]
+    assert [v.cutmix_alpha for v in large] == pytest.approx([0, 0.1667, 0.3333, 0.5], abs=1e-4)
+    assert large[-1].randaugment_magnitude == 20
+
+
 def test_never_an_empty_stage():
     plan = plan_stages("efficientnetv2_s", max_epochs=3, stages=4, max_image_size=64)
     assert len(plan) == 3 and [(v.first_epoch, v.last_epoch) for v in plan] == [(0, 0), (1, 1), (2, 2)]

@@ -89,10 +89,15 @@ def test_resume_from_a_checkpoint_file(run_cli, trained, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     best = next((copy / "checkpoints").glob("best-*.ckpt"))
+    before = (copy / "summary.json").read_bytes()
     out = run_cli("train", "--resume", str(best), "trainer.max_epochs=3")
     assert out.returncode == 0, out.stderr
-    summary = json.loads((copy / "summary.json").read_text())
-    assert summary["epochs"] == 3 and summary["run_dir"] == str(copy)
+    older = best.name == "best-epoch000.ckpt"  # older than last.ckpt: continued in a branch of the run
+    where = copy.with_name(f"copy-from-{best.stem}") if older else copy
+    summary = json.loads((where / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["run_dir"] == str(where)
+    if older:
+        assert (copy / "summary.json").read_bytes() == before
 
 
 def test_ema_weights_differ_from_raw_and_eval_can_pick_either(image_folder, tmp_path):
@@ -176,3 +181,17 @@ def test_a_crash_inside_training_is_a_failed_run_in_one_line(image_folder, tmp_p
         train(load_config([], tiny_train_overrides(image_folder, tmp_path / "crash")))
     assert info.value.exit_code == 1
     assert json.loads((tmp_path / "crash" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_holdout_chooses_the_checkpoint_and_the_reported_split_never_does(image_folder, tmp_path):
+    from conftest import write_image_folder
+    images = write_image_folder(tmp_path / "more", per_class=20)
+    summary = train(load_config([], tiny_train_overrides(images, tmp_path / "h", **{"data.holdout_fraction": 0.2,
+                                                                                     "trainer.max_epochs": 2})))
+    assert summary["select_top1"] is not None and summary["val_top1"] is not None
+    ckpt = torch.load(tmp_path / "h" / "checkpoints" / "last.ckpt", weights_only=True)
+    monitors = [c["monitor"] for k, c in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert "select/top1" in monitors and "val/top1" not in monitors
+    # train 60 → 45 after the 25% validation carve → 36 after the 20% holdout; the val split is unchanged
+    result = evaluate(tmp_path / "h" / "checkpoints" / "last.ckpt")
+    assert result["examples"] == 15 and result["top1"] == pytest.approx(summary["val_top1"], abs=1e-6)

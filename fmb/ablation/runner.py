@@ -22,7 +22,7 @@ from fmb.errors import FmbError
 
 PROFILE_KEYS = ("params", "macs", "flops", "infer_images_per_sec", "train_images_per_sec")
 SUMMARY_KEYS = ("val_top1", "best_val_top1", "val_loss", "epochs", "global_step", "params",
-                "train_images_per_sec", "wall_time_s")
+                "train_images_per_sec", "wall_time_s", "world_size", "global_batch_size")
 
 
 def default_train_command() -> list[str]:
@@ -35,11 +35,13 @@ def trial_command(study: Study, config_path: Path, placement: str, seed: int, ru
             f"run.seed={seed}", f"run.dir={run_dir}", *study.train_overrides]
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent(parent_pid: int):
-    def setup():
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    def setup():  # runs in the child between fork and exec: nothing here may take a lock
+        if _LIBC is not None:
+            _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the trial dies with the thread that started it
         if os.getppid() != parent_pid:  # parent died before prctl took effect
             os._exit(1)
     return setup
@@ -52,31 +54,48 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def run_process(cmd: list[str], log_path: Path, timeout_s: float | None = None, on_tick=None) -> tuple[int, bool]:
-    """Run cmd in a new session, output to log_path; returns (exit code, timed out)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()), env=env)
-    start, timed_out = time.monotonic(), False
+class TrialProcess:
+    """One command in its own session, output to a log; polled, never waited on, so one
+    thread can supervise several trials at once."""
+
+    def __init__(self, cmd: list[str], log_path: Path, timeout_s: float | None = None, env: dict | None = None):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+                                         env=full_env)
+        self.timeout_s, self.started, self.timed_out = timeout_s, time.monotonic(), False
+
+    def poll(self) -> int | None:
+        """The exit code once finished (its group killed: DataLoader workers, DDP ranks), else None."""
+        rc = self.proc.poll()
+        if rc is None and self.timeout_s and time.monotonic() - self.started > self.timeout_s:
+            self.timed_out = True
+            _kill_group(self.proc.pid)
+            rc = self.proc.wait()
+        if rc is not None:
+            _kill_group(self.proc.pid)
+        return rc
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid)
+        self.proc.wait()
+
+
+def run_process(cmd: list[str], log_path: Path, timeout_s: float | None = None, on_tick=None,
+                env: dict | None = None) -> tuple[int, bool]:
+    """Run cmd to the end (see TrialProcess); returns (exit code, timed out)."""
+    proc = TrialProcess(cmd, log_path, timeout_s, env)
     try:
-        while True:
-            try:
-                rc = proc.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if on_tick:
-                    on_tick()
-                if timeout_s and time.monotonic() - start > timeout_s:
-                    timed_out = True
-                    _kill_group(proc.pid)
+        while (rc := proc.poll()) is None:
+            time.sleep(0.2)
+            if on_tick:
+                on_tick()
     except BaseException:  # Ctrl-C or anything else: never leave the trial running unsupervised
-        _kill_group(proc.pid)
-        proc.wait()
+        proc.kill()
         raise
-    _kill_group(proc.pid)  # leftovers of a finished trial (DataLoader workers, DDP ranks)
-    return rc, timed_out
+    return rc, proc.timed_out
 
 
 def _log_tail(log_path: Path, lines: int = 1) -> str:
@@ -129,20 +148,26 @@ def profile_safely(study: Study, placement: str) -> tuple[dict, str | None]:
         return {}, f"profile: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def train_trial(study: Study, trial, run_dir: Path, on_tick=None) -> tuple[dict, str | None]:
-    """Train one trial × seed in its own process; returns (summary fields, error or None)."""
+def start_trial(study: Study, trial, run_dir: Path, env: dict | None = None, resume: bool = False) -> TrialProcess:
+    """Write the trial's -c file and start its `fmb train` (or `fmb train --resume` of its run dir)."""
     from omegaconf import OmegaConf
 
     from fmb.utils import atomic_write_text
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "trial.yaml"
-    atomic_write_text(config_path, OmegaConf.to_yaml(OmegaConf.create(study.trial_config(trial.placement))))
-    log_path = run_dir / "train.log"
-    cmd = trial_command(study, config_path, trial.placement, trial.seed, run_dir)
-    timeout = study.ablate["trial_timeout_s"]
-    rc, timed_out = run_process(cmd, log_path, timeout, on_tick)
-    summary_path = run_dir / "summary.json"
+    if resume:
+        cmd = [*map(str, study.ablate["train_command"] or default_train_command()), "train", "--resume", str(run_dir)]
+    else:
+        atomic_write_text(config_path, OmegaConf.to_yaml(OmegaConf.create(study.trial_config(trial.placement))))
+        cmd = trial_command(study, config_path, trial.placement, trial.seed, run_dir)
+    return TrialProcess(cmd, run_dir / "train.log", study.ablate["trial_timeout_s"], env)
+
+
+def finish_trial(study: Study, proc: TrialProcess, run_dir: Path) -> tuple[dict, str | None]:
+    """(summary fields, error or None) of a trial whose process has ended."""
+    rc, timed_out, timeout = proc.poll(), proc.timed_out, study.ablate["trial_timeout_s"]
+    log_path, summary_path = run_dir / "train.log", run_dir / "summary.json"
     if rc != 0 or timed_out:
         tail = _log_tail(log_path)
         return {}, f"train: {_describe_exit(rc, timed_out, timeout)}" + (f": {tail}" if tail else "") + f" (log: {log_path})"
@@ -153,6 +178,54 @@ def train_trial(study: Study, trial, run_dir: Path, on_tick=None) -> tuple[dict,
     if summary.get("status", "completed") != "completed":
         return {}, f"train: summary status is {summary.get('status')!r}, not 'completed'"
     fields = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
-    # the run's own numbers, named apart from the profile's so both survive in one record
-    return {("trained_params" if k == "params" else "run_train_images_per_sec" if k == "train_images_per_sec" else k): v
-            for k, v in fields.items()}, None
+    fields = {("trained_params" if k == "params" else "run_train_images_per_sec" if k == "train_images_per_sec" else k): v
+              for k, v in fields.items()}  # the run's own numbers, named apart from the profile's
+    fields.update(trained_macs(study, trial_placement(run_dir, summary), summary))
+    return fields, None
+
+
+def train_trial(study: Study, trial, run_dir: Path, on_tick=None, env: dict | None = None,
+                resume: bool = False) -> tuple[dict, str | None]:
+    """Train one trial × seed in its own process to the end; returns (summary fields, error or None)."""
+    proc = start_trial(study, trial, run_dir, env, resume)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)
+            if on_tick:
+                on_tick()
+    except BaseException:
+        proc.kill()
+        raise
+    return finish_trial(study, proc, run_dir)
+
+
+def trial_placement(run_dir: Path, summary: dict) -> str:
+    return summary.get("placement") or run_dir.name.rsplit("-s", 1)[0]
+
+
+_MACS_CACHE: dict = {}
+
+
+def trained_macs(study: Study, placement: str, summary: dict) -> dict:
+    """Classes, resolution and MACs of the model the trial trained (not of the 1000-class profile
+    model): MACs at the size it was evaluated at, counted by fmb.profiling."""
+    classes = summary.get("num_classes")
+    size = summary.get("eval_image_size") or summary.get("image_size")
+    if not classes or not size:
+        return {}
+    key = (placement, classes, size)
+    if key not in _MACS_CACHE:
+        try:
+            import torch
+
+            from fmb.models import create_model
+            from fmb.profiling.measure import count_macs
+
+            with torch.device("meta"):  # counting needs shapes only, not weights or compute
+                model = create_model(study.variant, num_classes=int(classes), blocks=placement,
+                                     stage_overrides=study.stage_overrides(placement) or None,
+                                     width_mult=study.width_mult, depth_mult=study.depth_mult).eval()
+            _MACS_CACHE[key] = count_macs(model, int(size))
+        except Exception:  # a count is a nicety: never fail a trained trial over it
+            _MACS_CACHE[key] = None
+    return {"trained_num_classes": classes, "trained_image_size": size, "trained_macs": _MACS_CACHE[key]}

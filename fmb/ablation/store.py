@@ -3,8 +3,11 @@ finished trial, append-only), and a lock so two sweeps never write one DIR at on
 
 results.jsonl is the source of truth for resume. Each line is appended with a single
 os.write of the complete line on an O_APPEND descriptor and fsynced, so a kill at any moment
-leaves either the whole line or none of it. A trial re-run after failing appends a new line;
-readers keep the last line per trial id.
+leaves either the whole line or none of it. Writers may be several (trials finishing at once,
+SLURM jobs on other nodes): each append holds an exclusive lock on results.lock (fcntl/POSIX
+locks, which NFS forwards to its lock manager) and, for a completed trial, first re-reads the
+file, so a trial that two attempts finished is recorded once. A trial re-run after failing
+appends a new line; readers keep the last line per trial id.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from fmb.utils import atomic_write_text
 STUDY_FILE = "study.json"
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".lock"
+RESULTS_LOCK = "results.lock"
 
 
 def _flatten(d, prefix=""):
@@ -96,10 +100,15 @@ class StudyDir:
         # so the next append starts on a line of its own.
         if not self.results_path.exists():
             return
-        data = self.results_path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data[: data.rfind(b"\n") + 1]
-            atomic_write_text(self.results_path, keep.decode())
+        lock = os.open(self.root / RESULTS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX)  # a job on another node may be appending right now
+            data = self.results_path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                keep = data[: data.rfind(b"\n") + 1]
+                atomic_write_text(self.results_path, keep.decode())
+        finally:
+            os.close(lock)
 
     def records(self) -> dict[str, dict]:
         """trial id → its latest record (a failed trial that was re-run has two lines)."""
@@ -114,13 +123,24 @@ class StudyDir:
             out[rec["trial_id"]] = rec
         return out
 
-    def append(self, record: dict) -> None:
+    def append(self, record: dict) -> bool:
+        """Append one record; False (nothing written) when the trial is already recorded as
+        completed, so every trial is in the results exactly once however many attempts ran."""
         line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.root / RESULTS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            written = os.write(fd, line)
-            if written != len(line):  # never for a regular file on Linux, but don't pretend
-                raise OSError(f"short write to {self.results_path}")
-            os.fsync(fd)
+            fcntl.lockf(lock, fcntl.LOCK_EX)  # POSIX lock: held across processes and NFS clients
+            if self.records().get(record["trial_id"], {}).get("status") == "completed":
+                return False
+            fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, line)
+                if written != len(line):  # never for a regular file on Linux, but don't pretend
+                    raise OSError(f"short write to {self.results_path}")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
         finally:
-            os.close(fd)
+            os.close(lock)  # closing releases the lock

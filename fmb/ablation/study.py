@@ -28,7 +28,8 @@ from fmb.models import build_stages, get_variant
 # set by --placements / --seeds / --out instead, so one study means one thing
 RESERVED_OVERRIDES = {"model.blocks": "--placements or --sweep", "run.seed": "--seeds", "run.dir": "--out"}
 # keys that only decide how or which trials run, not what a trial means: outside the fingerprint
-NOT_IDENTITY = ("placements", "sweep", "seeds", "exhaustive_cap", "fail_fast", "trial_timeout_s", "train_command")
+NOT_IDENTITY = ("placements", "sweep", "seeds", "exhaustive_cap", "fail_fast", "trial_timeout_s", "train_command",
+                "launcher", "jobs", "devices_per_trial", "slurm")
 
 
 @dataclass

@@ -154,6 +154,9 @@ def _merge(base: DictConfig, other, origin: str) -> DictConfig:
                        " (sections such as model: hold a mapping of keys)") from None
     except OmegaConfBaseException as exc:
         raise FmbError(f"invalid config in {origin}: {str(exc).splitlines()[0]}") from None
+    except TypeError as exc:  # e.g. a list where the schema holds a mapping (model.stage_overrides=[1,2])
+        raise FmbError(f"wrong kind of value in {origin}: {str(exc).splitlines()[0]}; expected a mapping where "
+                       "the schema has one, e.g. model.stage_overrides={4: {se_ratio: 0.0}}") from None
 
 
 def _select_group(cfg: DictConfig, group: str, name: str) -> DictConfig:

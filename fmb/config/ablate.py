@@ -29,6 +29,53 @@ class AblateProfileConfig:
             raise FmbError(f"invalid ablate.profile.device={self.device!r}; expected auto, cpu or cuda")
 
 
+def parse_slurm_time(value) -> int:
+    """'90' (minutes), 'H:MM:SS', 'D-HH:MM:SS' or 'MM:SS' (sbatch's --time forms) → whole minutes."""
+    text = str(value).strip()
+    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = rest.split(":")
+    try:
+        numbers = [int(p) for p in parts]
+        d = int(days)
+    except ValueError:
+        numbers, d = [], 0
+    if not numbers or len(numbers) > 3 or any(n < 0 for n in numbers) or d < 0:
+        raise FmbError(f"invalid ablate.slurm.time={text!r}; expected minutes or H:MM:SS / D-HH:MM:SS, e.g. '4:00:00'")
+    if len(numbers) == 1:
+        minutes = numbers[0] if "-" not in text else numbers[0] * 60  # 'D-HH' is days and hours
+    elif len(numbers) == 2:
+        minutes = numbers[0] * 60 + numbers[1] if "-" in text else numbers[0] + (numbers[1] > 0)  # D-HH:MM | MM:SS
+    else:
+        minutes = numbers[0] * 60 + numbers[1] + (numbers[2] > 0)
+    minutes += d * 24 * 60
+    if minutes < 1:
+        raise FmbError(f"invalid ablate.slurm.time={text!r}; expected at least one minute")
+    return minutes
+
+
+@dataclass
+class AblateSlurmConfig:
+    partition: Optional[str] = opt(None, "sbatch --partition; null = the cluster's default")
+    time: str = opt("4:00:00", "time limit per trial (minutes or H:MM:SS); a trial cut by it is requeued")
+    gpus_per_trial: Optional[int] = opt(None, "GPUs per trial job; null = ablate.devices_per_trial")
+    cpus_per_trial: int = opt(8, "CPU cores per trial job (data loading)")
+    mem: Optional[str] = opt(None, "memory per trial job, e.g. 64G; null = the partition's default")
+    account: Optional[str] = opt(None, "sbatch --account")
+    qos: Optional[str] = opt(None, "sbatch --qos")
+    constraint: Optional[str] = opt(None, "sbatch --constraint, e.g. a100")
+    array_parallelism: int = opt(64, "trial jobs of the array running at once")
+    wait: bool = opt(True, "wait for the jobs and write the report; false = submit and exit (--resume collects)")
+    folder: Optional[str] = opt(None, "submitit logs and pickles; null = <study dir>/slurm")
+    setup: list[str] = opt([], "shell lines run before each trial job, e.g. [module load cuda]")
+    additional: dict[str, Any] = opt({}, "other sbatch options, e.g. {exclude: node12}")
+
+    def __post_init__(self):
+        parse_slurm_time(self.time)
+        check_number("ablate.slurm.gpus_per_trial", self.gpus_per_trial, low=0, expected="an integer >= 0, or null")
+        for key in ("cpus_per_trial", "array_parallelism"):
+            check_number(f"ablate.slurm.{key}", getattr(self, key), low=1, expected="an integer >= 1")
+
+
 @dataclass
 class AblateConfig:
     placements: Optional[list[str]] = opt(None, "explicit placements, e.g. [MMMMMM, FFFMMM]; win over sweep")
@@ -41,9 +88,15 @@ class AblateConfig:
     fail_fast: bool = opt(False, "stop at the first failed trial")
     trial_timeout_s: Optional[float] = opt(None, "kill a trial after this many seconds; null = no limit")
     train_command: Optional[list[str]] = opt(None, "argv before `train ...`; null = python -m fmb")
+    launcher: Literal["local", "slurm"] = opt("local", "local: subprocesses on this machine; slurm: one job per trial")
+    jobs: Optional[int] = opt(None, "trials at once on this machine; null = as many as the GPUs allow (1 on CPU)")
+    devices_per_trial: Optional[int] = opt(None, "GPUs per trial (CUDA_VISIBLE_DEVICES); null = trainer.devices or 1")
     profile: AblateProfileConfig = field(default_factory=AblateProfileConfig)
+    slurm: AblateSlurmConfig = field(default_factory=AblateSlurmConfig)
 
     def __post_init__(self):
+        check_number("ablate.jobs", self.jobs, low=1, expected="an integer >= 1, or null for as many as devices allow")
+        check_number("ablate.devices_per_trial", self.devices_per_trial, low=1, expected="an integer >= 1, or null")
         check_number("ablate.exhaustive_cap", self.exhaustive_cap, low=1, expected="a positive integer such as 64")
         check_number("ablate.trial_timeout_s", self.trial_timeout_s, low=0, low_open=True,
                      expected="a number of seconds > 0, or null for no limit")

@@ -111,6 +111,7 @@ class DataConfig:
     test_split: Optional[str] = opt(None, "null = test if present")
     val_fraction: float = opt(0.1, "share of train held out for validation when the source has none")
     split_seed: int = opt(0, "seed of the carved validation split (fixed, so every run sees the same one)")
+    holdout_fraction: float = opt(0.0, "share of train held out to choose checkpoints on; 0 = choose on validation")
     image_column: Optional[str] = opt(None, "null = detected (the Image feature)")
     label_column: Optional[str] = opt(None, "null = detected (the ClassLabel, or label/labels/...)")
     image_size: Optional[int] = opt(None, "train size; null = the variant's, capped at 4x small images")
@@ -135,6 +136,10 @@ class DataConfig:
             raise _bad("data.source", self.source, "a hub id, a local path, digits or synthetic")
         self.source = absolute_source(self.source)
         check_number("data.val_fraction", self.val_fraction, low=0, high=1, low_open=True, high_open=True)
+        check_number("data.holdout_fraction", self.holdout_fraction, low=0, high=1, high_open=True)
+        if self.holdout_fraction and self.streaming:
+            raise FmbError("data.holdout_fraction needs a map-style set; expected data.holdout_fraction=0 "
+                           "with data.streaming=true")
         check_number("data.crop_ratio", self.crop_ratio, low=0, high=1, low_open=True)
         check_number("data.crop_scale_min", self.crop_scale_min, low=0, high=1, low_open=True)
         for key in ("image_size", "eval_image_size"):
@@ -194,6 +199,7 @@ class SchedConfig:
 @dataclass
 class ProgressiveConfig:
     enabled: bool = opt(False, "progressive learning (paper, Section 4.2)")
+    schedule: Literal["paper", "official"] = opt("paper", "paper = Table 6; official = google/automl's main.py")
     stages: int = opt(4, "stages the epochs are split into")
     min_image_size: Optional[int] = opt(None, "null = the variant's preset, scaled to the data")
     max_image_size: Optional[int] = opt(None, "null = data.image_size")
@@ -205,6 +211,7 @@ class ProgressiveConfig:
     max_dropout: Optional[float] = opt(None, "null = the preset's")
 
     def __post_init__(self):
+        check_choices(self, "progressive")
         check_number("progressive.stages", self.stages, low=1, expected="a whole number >= 1")
         for key in ("min_image_size", "max_image_size"):
             check_number(f"progressive.{key}", getattr(self, key), low=16, high=MAX_IMAGE_SIZE)

@@ -51,7 +51,7 @@ class ImageDataModule(L.LightningDataModule):
         self._splits: dict | None = None  # role → (hf dataset, split name, row indices or None for all)
         self.image_size = self.eval_image_size = None  # resolved by setup()
         self.stage = {"image_size": None, "randaugment_magnitude": aug.randaugment_magnitude,
-                      "mixup_alpha": aug.mixup_alpha}
+                      "mixup_alpha": aug.mixup_alpha, "cutmix_alpha": aug.cutmix_alpha}
         self._train_loader: tuple | None = None  # (stage values, loader), reused while they hold
 
     # ---- metadata -------------------------------------------------------------------------
@@ -136,6 +136,11 @@ class ImageDataModule(L.LightningDataModule):
             splits, columns = _as_class_labels(splits, columns)
         if "val" not in splits:
             splits.update(self._carve(splits["train"][0], columns))
+        if d.holdout_fraction:  # for choosing checkpoints, so the reported split never chooses
+            hf, split, rows = splits["train"]
+            kept, held = self._hold_out(hf, rows if rows is not None else np.arange(len(hf)), columns,
+                                        d.holdout_fraction, "data.holdout_fraction")
+            splits["train"], splits["holdout"] = (hf, split, kept), (hf, split, held)
         self.columns, self._splits = columns, splits
         return columns
 
@@ -151,23 +156,29 @@ class ImageDataModule(L.LightningDataModule):
             keep = HashSplit(columns.image, d.val_fraction, d.split_seed)
             return {"train": (train.filter(keep, fn_kwargs={"want_val": False}), d.train_split, None),
                     "val": (train.filter(keep, fn_kwargs={"want_val": True}), d.train_split, None)}
-        # Split the label column alone (cheap), keeping each row's position so the image
-        # sets read the original rows and name them by it.
-        rows = train.select_columns([columns.label]).add_column("row", np.arange(len(train)))
+        kept, held = self._hold_out(train, np.arange(len(train)), columns, d.val_fraction, "data.val_fraction")
+        return {"train": (train, d.train_split, kept), "val": (train, d.train_split, held)}
+
+    def _hold_out(self, hf, rows, columns: Columns, fraction: float, key: str) -> tuple[list, list]:
+        """(kept rows, held-out rows) of `rows`: stratified by label, seeded by data.split_seed.
+
+        Only the label column is split (cheap), with each row's position, so the image sets
+        read the original rows and name them by it."""
+        d = self.data
+        labels = hf.select_columns([columns.label]).select(rows).add_column("row", np.asarray(rows))
         try:
-            parts = rows.train_test_split(test_size=d.val_fraction, stratify_by_column=columns.label,
-                                          seed=d.split_seed)
-        except ValueError:  # a class too small to appear in both parts: carve without stratifying
-            log.warning("data.val_fraction=%g of %d examples cannot hold out every class; validation is carved "
-                        "without stratification", d.val_fraction, len(train))
+            parts = labels.train_test_split(test_size=fraction, stratify_by_column=columns.label, seed=d.split_seed)
+        except ValueError:  # a class too small to appear in both parts: hold out without stratifying
+            log.warning("%s=%g of %d examples cannot hold out every class; carved without stratification",
+                        key, fraction, len(labels))
             try:
-                parts = rows.train_test_split(test_size=d.val_fraction, seed=d.split_seed)
+                parts = labels.train_test_split(test_size=fraction, seed=d.split_seed)
             except ValueError:
-                raise FmbError(f"data.val_fraction={d.val_fraction:g} of the {len(train)} examples of split "
-                               f"'{d.train_split}' leaves an empty training or validation set; expected a fraction "
-                               "that keeps both non-empty, or name a split with data.val_split") from None
-        return {"train": (train, d.train_split, parts["train"]["row"]),
-                "val": (train, d.train_split, parts["test"]["row"])}
+                raise FmbError(f"{key}={fraction:g} of the {len(labels)} examples of split '{d.train_split}' leaves "
+                               "an empty training or held-out set; expected a fraction that keeps both non-empty"
+                               + (", or name a split with data.val_split" if key == "data.val_fraction" else "")
+                               ) from None
+        return parts["train"]["row"], parts["test"]["row"]
 
     def split_sizes(self) -> dict[str, int | None]:
         """Examples per role ('train', 'val', 'test'); None where a stream's size is unknown."""
@@ -184,10 +195,10 @@ class ImageDataModule(L.LightningDataModule):
 
     # ---- progressive learning -------------------------------------------------------------
     def set_train_stage(self, image_size: int | None = None, randaugment_magnitude: float | None = None,
-                        mixup_alpha: float | None = None) -> None:
+                        mixup_alpha: float | None = None, cutmix_alpha: float | None = None) -> None:
         """Train-time values for the next train loader Lightning asks for (None keeps a value)."""
         for key, value in (("image_size", image_size), ("randaugment_magnitude", randaugment_magnitude),
-                           ("mixup_alpha", mixup_alpha)):
+                           ("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
             if value is not None:
                 self.stage[key] = value
 
@@ -209,6 +220,8 @@ class ImageDataModule(L.LightningDataModule):
         where = f"split '{split}' of data.source '{d.source}'"
         if role == "val" and split == d.train_split:
             where += f" (its held-out {d.val_fraction:g} for validation)"
+        if role == "holdout":
+            where += f" (its held-out {d.holdout_fraction:g} for checkpoint selection)"
         if train:
             transform = build_train_transform(self.stage["image_size"], self.stage["randaugment_magnitude"],
                                               normalize=False, crop_scale_min=d.crop_scale_min, hflip=d.hflip)
@@ -245,7 +258,8 @@ class ImageDataModule(L.LightningDataModule):
                            f"per rank over {world} rank(s); expected a smaller data.batch_size")
         return steps
 
-    def _loader(self, role: str) -> DataLoader:
+    def loader(self, role: str) -> DataLoader:
+        """A loader of one split: train, val, test or holdout."""
         d, train = self.data, role == "train"
         dataset = self._dataset(role)
         workers = d.num_workers
@@ -264,7 +278,7 @@ class ImageDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         size = self.stage["image_size"] if train else self.eval_image_size
         collate = Collate(self.num_classes, size, self.stage["mixup_alpha"] if train else 0.0,
-                          self.aug.cutmix_alpha if train else 0.0)
+                          self.stage["cutmix_alpha"] if train else 0.0)
         return DataLoader(dataset, batch_size=d.batch_size, shuffle=train and not isinstance(dataset, StreamImageSet),
                           sampler=sampler, drop_last=train, num_workers=workers, pin_memory=bool(pin),
                           persistent_workers=persistent, collate_fn=collate)
@@ -273,14 +287,17 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         key = (tuple(self.stage.values()), self.trainer.current_epoch if self.data.streaming and self.trainer else 0)
         if self._train_loader is None or self._train_loader[0] != key:
-            self._train_loader = (key, self._loader("train"))
+            self._train_loader = (key, self.loader("train"))
         return self._train_loader[1]
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation split; with data.holdout_fraction, [validation, held-out selection set]."""
+        if self.data.holdout_fraction and self.data.source != "synthetic":
+            return [self.loader("val"), self.loader("holdout")]
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self.loader("test")
 
 
 def _pick_split(requested, usual, available, key) -> str | None:

@@ -40,7 +40,7 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
     if not (tolerance > 0):
         raise FmbError(f"--tolerance {tolerance}; expected a positive number such as 1e-3")
     classifier = load_classifier(checkpoint, ema=ema)
-    net = classifier.model.model.eval()  # the EfficientNet itself, without the Lightning wrapper
+    original = net = classifier.model.model.eval()  # the EfficientNet itself, without the Lightning wrapper
     if fold_bn:
         from fmb.models import fuse_bn
         net = fuse_bn(net).eval()
@@ -53,8 +53,8 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
     generator = torch.Generator().manual_seed(0)
     batch_sizes = [batch_size] + ([batch_size + 3] if dynamic_batch and format != "safetensors" else [])
     samples = [torch.randn(b, 3, size, size, generator=generator) for b in batch_sizes]
-    with torch.inference_mode():
-        expected = [net(x) for x in samples]
+    with torch.inference_mode():  # the un-folded model: the difference covers folding and export together
+        expected = [original(x) for x in samples]
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=FORMATS[format], dir=path.parent)
     os.close(fd)
@@ -75,6 +75,9 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
         if not diff <= tolerance:
             raise FmbError(f"{format} export differs from the PyTorch model by {diff:.3g} (max abs logit), above the "
                            f"tolerance {tolerance:g}; nothing was written to {path}", exit_code=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the export is an ordinary file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -112,7 +112,7 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
     split_name = datamodule._splits[role][1] if datamodule._splits else role
     if role == "val" and split_name == cfg.data.train_split and cfg.data.val_split is None:
         split_name = f"{split_name} (held-out {cfg.data.val_fraction:g} for validation)"
-    loader = datamodule.val_dataloader() if role == "val" else datamodule.test_dataloader()
+    loader = datamodule.loader(role)
 
     metrics = accuracy_metrics(num_classes).to(target)
     per_class = MulticlassAccuracy(num_classes, average=None).to(target)

@@ -53,6 +53,7 @@ class ImageClassifier(L.LightningModule):
         self.__dict__["_compiled"] = torch.compile(self.model) if self.cfg.model.compile else None
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
         self.val_raw_metrics = accuracy_metrics(num_classes).clone(prefix="val_raw/")
+        self.select_metrics = accuracy_metrics(num_classes).clone(prefix="select/")
         self.test_metrics = accuracy_metrics(num_classes).clone(prefix="test/")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.base_lr = None
@@ -102,9 +103,12 @@ class ImageClassifier(L.LightningModule):
                 return callback.raw_model().eval()  # the copy keeps its training flag; BN must use running stats
         return None
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
         images, labels = batch
         logits = self(images)
+        if dataloader_idx == 1:  # the held-out selection set (data.holdout_fraction)
+            self.select_metrics.update(logits, labels)
+            return
         self.val_loss.update(self.loss(logits, labels), weight=images.shape[0])
         self.val_metrics.update(logits, labels)
         raw = self._raw_model()
@@ -118,6 +122,9 @@ class ImageClassifier(L.LightningModule):
         self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_loss.reset()
         self.val_metrics.reset()
+        if self.cfg.data.holdout_fraction:
+            self.log_dict(self.select_metrics.compute(), sync_dist=True)
+            self.select_metrics.reset()
         if self._raw_model() is not None:
             self.log_dict(self.val_raw_metrics.compute(), sync_dist=True)
             self.val_raw_metrics.reset()

@@ -1,8 +1,16 @@
-"""Progressive learning with adaptive regularization (EfficientNetV2, Section 4.2, Table 6).
+"""Progressive learning with adaptive regularization (EfficientNetV2, Section 4.2).
 
-Training is split into stages; stage i trains at an image size, RandAugment magnitude,
-mixup alpha and dropout interpolated linearly from their minimum (first stage) to their
-maximum (last stage). Weights carry over; only the data pipeline and dropout change.
+Training is split into stages; each trains at an image size with regularization that grows
+with it. Weights carry over; only the data pipeline (and, for `paper`, dropout) changes.
+Two schedules, `progressive.schedule`:
+
+- `paper` (Table 6): every value interpolated linearly from its minimum in the first stage
+  to its maximum in the last: S 128→300 px, RandAugment 5→15, mixup 0, dropout 0.1→0.3;
+  M 128→380, 5→20, 0→0.2, 0.1→0.4; L 128→380, 5→25, 0→0.4, 0.1→0.5.
+- `official` (google/automl efficientnetv2/main.py and effnetv2_configs.py): stage i of n
+  trains at int(128 + (size - 128) * (i + 1) / n) px (so the first stage is already above
+  128), RandAugment from 5 to the variant's level (S 10, M 15, L/XL 20), mixup and cutmix
+  both from 0 to the variant's alpha (S 0, M 0.2, L/XL 0.5); dropout stays the model's.
 """
 from __future__ import annotations
 
@@ -14,17 +22,23 @@ from lightning.pytorch.utilities import rank_zero_info
 from fmb.config.schema import ProgressiveConfig
 
 # Table 6: (min, max) per variant size. B0-B3 and V1 use S's; XL uses L's.
-PRESETS = {
+PAPER = {
     "s": {"image_size": (128, 300), "randaugment": (5, 15), "mixup": (0.0, 0.0), "dropout": (0.1, 0.3)},
     "m": {"image_size": (128, 380), "randaugment": (5, 20), "mixup": (0.0, 0.2), "dropout": (0.1, 0.4)},
     "l": {"image_size": (128, 380), "randaugment": (5, 25), "mixup": (0.0, 0.4), "dropout": (0.1, 0.5)},
 }
+# The official code: ImageNet's base size 128, train size, RandAugment level, mixup = cutmix alpha.
+OFFICIAL = {
+    "s": {"image_size": (128, 300), "randaugment": (5, 10), "mix": (0.0, 0.0)},
+    "m": {"image_size": (128, 384), "randaugment": (5, 15), "mix": (0.0, 0.2)},
+    "l": {"image_size": (128, 384), "randaugment": (5, 20), "mix": (0.0, 0.5)},
+}
 MIN_IMAGE_SIZE = 16
 
 
-def preset_for(variant: str) -> dict:
+def size_class(variant: str) -> str:
     suffix = variant.rsplit("_", 1)[-1]
-    return PRESETS["m" if suffix == "m" else "l" if suffix in ("l", "xl") else "s"]
+    return "m" if suffix == "m" else "l" if suffix in ("l", "xl") else "s"
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,8 @@ class StageValues:
     image_size: int
     randaugment_magnitude: float
     mixup_alpha: float
-    dropout: float
+    dropout: float | None  # None: the model's own (official schedule)
+    cutmix_alpha: float | None = None  # None: aug.cutmix_alpha throughout (paper schedule)
 
 
 def _lerp(bounds: tuple[float, float], i: int, n: int) -> float:
@@ -44,34 +59,36 @@ def _lerp(bounds: tuple[float, float], i: int, n: int) -> float:
 
 
 def plan_stages(variant: str, max_epochs: int, stages: int, max_image_size: int,
-                overrides: dict | None = None) -> list[StageValues]:
+                overrides: dict | None = None, schedule: str = "paper") -> list[StageValues]:
     """The per-stage values for a run of `max_epochs` whose last stage trains at `max_image_size`.
 
-    The preset's sizes are scaled so its max lands on `max_image_size` with the paper's
-    min/max ratio kept (S: 128→300 at ImageNet scale; CIFAR trained at 32 px gets 14→32,
-    floored at 16 px), unless `overrides` gives min/max values explicitly.
+    The schedule's sizes are scaled so its max lands on `max_image_size` with its min/max
+    ratio kept (S: 128→300 at ImageNet scale; CIFAR trained at 32 px gets 14→32, floored at
+    16 px), unless `overrides` gives min/max values explicitly.
     """
-    preset, o = preset_for(variant), {k: v for k, v in (overrides or {}).items() if v is not None}
-    low, high = preset["image_size"]
+    table = (PAPER if schedule == "paper" else OFFICIAL)[size_class(variant)]
+    o = {k: v for k, v in (overrides or {}).items() if v is not None}
+    low, high = table["image_size"]
     top = int(o.get("max_image_size", max_image_size))
-    bottom = int(o.get("min_image_size", max(MIN_IMAGE_SIZE, round(top * low / high))))
-    bounds = {
-        "image_size": (min(bottom, top), top),
-        "randaugment": (o.get("min_randaugment", preset["randaugment"][0]), o.get("max_randaugment", preset["randaugment"][1])),
-        "mixup": (o.get("min_mixup", preset["mixup"][0]), o.get("max_mixup", preset["mixup"][1])),
-        "dropout": (o.get("min_dropout", preset["dropout"][0]), o.get("max_dropout", preset["dropout"][1])),
-    }
+    bottom = min(top, int(o.get("min_image_size", max(MIN_IMAGE_SIZE, round(top * low / high)))))
+    randaugment = (o.get("min_randaugment", table["randaugment"][0]), o.get("max_randaugment", table["randaugment"][1]))
     n = max(1, min(stages, max_epochs))  # never an empty stage
     plan = []
     for i in range(n):
         first, last = i * max_epochs // n, (i + 1) * max_epochs // n - 1
-        plan.append(StageValues(
-            stage=i + 1, first_epoch=first, last_epoch=last,
-            image_size=int(round(_lerp(bounds["image_size"], i, n))),
-            randaugment_magnitude=round(_lerp(bounds["randaugment"], i, n), 3),
-            mixup_alpha=round(_lerp(bounds["mixup"], i, n), 4),
-            dropout=round(_lerp(bounds["dropout"], i, n), 4),
-        ))
+        if schedule == "paper":
+            values = dict(
+                image_size=int(round(_lerp((bottom, top), i, n))),
+                mixup_alpha=round(_lerp((o.get("min_mixup", table["mixup"][0]),
+                                         o.get("max_mixup", table["mixup"][1])), i, n), 4),
+                dropout=round(_lerp((o.get("min_dropout", table["dropout"][0]),
+                                     o.get("max_dropout", table["dropout"][1])), i, n), 4))
+        else:
+            mix = round(_lerp((o.get("min_mixup", table["mix"][0]), o.get("max_mixup", table["mix"][1])), i, n), 4)
+            values = dict(image_size=int(bottom + (top - bottom) * (i + 1) / n), mixup_alpha=mix, cutmix_alpha=mix,
+                          dropout=None)
+        plan.append(StageValues(stage=i + 1, first_epoch=first, last_epoch=last,
+                                randaugment_magnitude=round(_lerp(randaugment, i, n), 3), **values))
     return plan
 
 
@@ -99,8 +116,9 @@ class ProgressiveLearning(Callback):
         values = self.values_for(epoch)
         trainer.datamodule.set_train_stage(image_size=values.image_size,
                                            randaugment_magnitude=values.randaugment_magnitude,
-                                           mixup_alpha=values.mixup_alpha)
-        pl_module.model.set_drop_rate(values.dropout)
+                                           mixup_alpha=values.mixup_alpha, cutmix_alpha=values.cutmix_alpha)
+        if values.dropout is not None:
+            pl_module.model.set_drop_rate(values.dropout)
         return values
 
     def setup(self, trainer, pl_module, stage):
@@ -109,10 +127,12 @@ class ProgressiveLearning(Callback):
         datamodule = trainer.datamodule
         datamodule.setup("fit")
         bounds = {f.name: getattr(self.cfg, f.name) for f in fields(self.cfg) if f.name.startswith(("min_", "max_"))}
-        self.plan = plan_stages(self.variant, trainer.max_epochs, self.cfg.stages, datamodule.image_size, bounds)
-        rank_zero_info("progressive: " + ", ".join(
+        self.plan = plan_stages(self.variant, trainer.max_epochs, self.cfg.stages, datamodule.image_size, bounds,
+                                self.cfg.schedule)
+        rank_zero_info(f"progressive ({self.cfg.schedule}): " + ", ".join(
             f"stage {v.stage}: epochs {v.first_epoch}-{v.last_epoch} {v.image_size}px RA{v.randaugment_magnitude:g} "
-            f"mixup {v.mixup_alpha:g} dropout {v.dropout:g}" for v in self.plan))
+            f"mixup {v.mixup_alpha:g}" + ("" if v.cutmix_alpha is None else f" cutmix {v.cutmix_alpha:g}")
+            + ("" if v.dropout is None else f" dropout {v.dropout:g}") for v in self.plan))
         self._apply(trainer, pl_module, 0)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
@@ -125,7 +145,9 @@ class ProgressiveLearning(Callback):
         values = self.values_for(trainer.current_epoch)
         for key, value in (("stage", values.stage), ("image_size", values.image_size),
                            ("randaugment", values.randaugment_magnitude), ("mixup", values.mixup_alpha),
-                           ("dropout", values.dropout)):
+                           ("dropout", values.dropout), ("cutmix", values.cutmix_alpha)):
+            if value is None:
+                continue
             pl_module.log(f"progressive/{key}", float(value), prog_bar=key in ("stage", "image_size"),
                           rank_zero_only=True)
 

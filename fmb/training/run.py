@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from fmb.models import get_variant
 from fmb.training.ema import WarmupEMAWeightAveraging
 from fmb.training.distributed import check_rank_shares, plan_devices
 from fmb.training.loggers import LogHyperparameters, run_loggers
+from fmb.training.memory import check_fits
 from fmb.training.module import ImageClassifier
 from fmb.training.optim import global_batch_size
 from fmb.training.progress import PlainProgress
@@ -42,8 +45,10 @@ def _pretrained(cfg: TrainConfig):
 
 
 def _callbacks(cfg: TrainConfig, run_dir: Path, extra=()) -> list:
+    # With a held-out selection set the reported validation split never chooses the checkpoint.
+    monitor = "select/top1" if cfg.data.holdout_fraction else "val/top1"
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/top1",
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor=monitor,
                         mode="max", save_top_k=1, auto_insert_metric_name=False),
         # Lightning's save_last only copies when a best checkpoint is written; resume needs
         # the latest epoch every time, so last.ckpt is a checkpoint of its own.
@@ -213,6 +218,8 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
     # Before Lightning starts the other ranks: a rank with no batch would stall DDP.
     check_rank_shares(datamodule.split_sizes(), trainer.world_size, cfg.data.batch_size)
     cfg.data.image_size, cfg.data.eval_image_size = datamodule.image_size, datamodule.eval_image_size
+    largest = max(datamodule.image_size, cfg.progressive.max_image_size or 0)
+    check_fits(cfg, largest, cfg.data.batch_size, trainer.strategy.root_device.type)  # before any work
 
     pretrained = _pretrained(cfg)
     module = ImageClassifier(cfg, datamodule.num_classes, datamodule.class_names,
@@ -262,8 +269,10 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
             raise
         raise FmbError(f"run failed in {run_dir}: {error} (traceback in {run_dir / 'error.log'})",
                        exit_code=EXIT_FAILED) from exc
-    except BaseException:  # Ctrl-C: Lightning turns it into SystemExit
+    except BaseException:  # Ctrl-C: Lightning turns it into SystemExit (and ignores SIGINT from then on)
         status = "interrupted"
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         where = (f"continue with: fmb train --resume {run_dir}" if (run_dir / "checkpoints" / "last.ckpt").is_file()
                  else f"start it again in place: {restart_command(run_dir)}")
         failure = FmbError(f"run interrupted at step {trainer.global_step}; {where}", EXIT_INTERRUPTED)
@@ -334,6 +343,7 @@ def summarize(trainer, module, cfg, run_dir, status, error, started, global_batc
         "val_top5": _metric(trainer, "val/top5"),
         "val_loss": _metric(trainer, "val/loss"),
         "val_raw_top1": _metric(trainer, "val_raw/top1"),
+        "select_top1": _metric(trainer, "select/top1"),
         "best_val_top1": best,
         "best_checkpoint": str(ckpt.best_model_path) if ckpt is not None and ckpt.best_model_path else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
