@@ -249,11 +249,25 @@ def ablate_cmd(
     fail_fast: Optional[bool] = typer.Option(None, "--fail-fast", help="Stop at the first failed trial."),
     force: bool = typer.Option(False, "--force", help="Allow an exhaustive sweep above the cap."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON here."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, one trial's config and an estimated "
+                                                          "cost (quick profile); run and write nothing."),
 ):
-    """Block-placement ablation: which stages use Fused-MBConv. Table, CSV and plots in --out."""
+    """Block-placement ablation: which stages use Fused-MBConv. Table, CSV and plots in --out.
+
+    Trials at once: ablate.jobs=N (ablate.devices_per_trial GPUs each); on SLURM: ablate.launcher=slurm."""
     from fmb.ablation import run_ablation
 
     check_outputs(json=json_path)
+    if dry_run:
+        from fmb.ablation import format_plan, plan_ablation
+
+        plan = plan_ablation(config or [], overrides or [], placements=placements, sweep=sweep, seeds=seeds,
+                             profile_only=profile_only, out=out, resume=resume, fail_fast=fail_fast, force=force)
+        for line in format_plan(plan):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if json_path:
+            write_json(json_path, plan)
+        raise typer.Exit(0)
     result = run_ablation(config or [], overrides or [], placements=placements, sweep=sweep, seeds=seeds,
                           profile_only=profile_only, out=out, resume=resume, fail_fast=fail_fast, force=force,
                           json_path=json_path, console=err_console)

@@ -62,7 +62,7 @@ def write_error(path, exc: BaseException, exit_code: int = EXIT_FAILED) -> FmbEr
 
     reason = describe_os_error(exc)
     code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC or "space left" in reason.lower() or "file write failed" in reason.lower():
+    if code == errno.ENOSPC or "space left" in reason.lower() or _disk_full(path):
         reason, hint = "no space left on device", "free space there or choose another location"
     elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
         hint = "choose a writable location"
@@ -71,3 +71,17 @@ def write_error(path, exc: BaseException, exit_code: int = EXIT_FAILED) -> FmbEr
     else:
         hint = "check the path and the disk"
     return FmbError(f"cannot write {path}: {reason}; {hint}", exit_code)
+
+
+def _disk_full(path) -> bool:
+    """torch.save reports a full disk as a failed write ('unexpected pos'), not ENOSPC."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False

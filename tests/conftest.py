@@ -68,3 +68,17 @@ def run_cli(capsys):
         out = capsys.readouterr()
         return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """(last.ckpt, run dir, image folder) of one tiny EMA run on a 3-class folder, shared by the
+    predict, export and eval tests that only read it."""
+    from fmb.config import load_config
+    from fmb.training.run import train
+
+    root = tmp_path_factory.mktemp("tiny_checkpoint")
+    images, run_dir = write_image_folder(root / "images"), root / "run"
+    summary = train(load_config([], tiny_train_overrides(images, run_dir, **{"trainer.max_epochs": 2})))
+    assert summary["status"] == "completed"
+    return run_dir / "checkpoints" / "last.ckpt", run_dir, images

@@ -27,22 +27,36 @@ VARIANT = "efficientnetv2_b0"
 FAKE_TRAINER = r'''
 import json, os, sys, time
 args = sys.argv[1:]
-assert args[0] == "train" and "-c" in args, args
-kv = dict(a.split("=", 1) for a in args if "=" in a)
-run_dir, placement, seed = kv["run.dir"], kv["model.blocks"], int(kv["run.seed"])
+started = time.time()
+if args[:2] == ["train", "--resume"]:  # a trial continued from its last.ckpt (requeued SLURM job)
+    run_dir = args[2]
+    placement, seed = os.path.basename(run_dir).rsplit("-s", 1)
+    seed, attempt = int(seed), "resume:"
+else:
+    assert args[0] == "train" and "-c" in args, args
+    kv = dict(a.split("=", 1) for a in args if "=" in a)
+    run_dir, placement, seed, attempt = kv["run.dir"], kv["model.blocks"], int(kv["run.seed"]), ""
 os.makedirs(run_dir, exist_ok=True)
 with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(f"{placement}-s{seed}\n")
+    f.write(f"{attempt}{placement}-s{seed}\n")
 open(os.path.join(run_dir, "pid"), "w").write(str(os.getpid()))
+open(os.path.join(run_dir, "env.json"), "w").write(json.dumps(
+    {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}))
 if placement == os.environ.get("FAKE_FAIL"):
     print("error: boom in " + placement, file=sys.stderr)
     sys.exit(1)
-if placement == os.environ.get("FAKE_SLOW"):
+if not attempt and placement in os.environ.get("FAKE_SLOW", "").split(","):
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    open(os.path.join(run_dir, "checkpoints", "last.ckpt"), "w").close()
     open(os.path.join(run_dir, "started"), "w").close()
     time.sleep(120)
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 top1 = 0.5 + 0.05 * placement.count("F") + 0.01 * seed
+top1 += float(os.environ.get("FAKE_JITTER", "0")) * (seed % 2) * placement.count("F")  # differences vary by seed
 summary = {"status": "completed", "val_top1": top1, "best_val_top1": top1, "val_loss": 1.0, "epochs": 1,
-           "global_step": 2, "params": 123, "train_images_per_sec": 10.0, "wall_time_s": 0.1}
+           "global_step": 2, "params": 123, "train_images_per_sec": 10.0, "wall_time_s": 0.1,
+           "placement": placement, "num_classes": 10, "image_size": 32, "eval_image_size": 32,
+           "fake_started": started, "fake_ended": time.time()}
 with open(os.path.join(run_dir, "summary.json"), "w") as f:
     json.dump(summary, f)
 '''

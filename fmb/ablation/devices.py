@@ -75,3 +75,31 @@ def plan_slots(study, pending: int, cpu_count: int | None = None) -> list[Slot]:
     threads = max(1, cpu_count // n)
     return [Slot(f"cpu ×{threads} thread{'s' if threads > 1 else ''}", {v: str(threads) for v in THREAD_VARS})
             for _ in range(n)]
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def describe_hardware(env: dict | None = None) -> str:
+    """'2× NVIDIA H100 80GB HBM3' for a trial on GPUs, 'AMD EPYC 7B13 (2 cores)' on CPU."""
+    env = env if env is not None else dict(os.environ)
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed != "":
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                ours = [d for d in (listed or "").split(",") if d] or visible_gpus()
+                position = visible_gpus().index(ours[0]) if ours[0] in visible_gpus() else 0
+                return f"{len(ours)}× {torch.cuda.get_device_name(position)}"
+        except Exception:
+            pass
+    return f"{cpu_model()} ({os.cpu_count()} cores)"

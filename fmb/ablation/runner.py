@@ -229,3 +229,14 @@ def trained_macs(study: Study, placement: str, summary: dict) -> dict:
         except Exception:  # a count is a nicety: never fail a trained trial over it
             _MACS_CACHE[key] = None
     return {"trained_num_classes": classes, "trained_image_size": size, "trained_macs": _MACS_CACHE[key]}
+
+
+def make_record(trial, prof: dict, fields: dict, error: str | None, run_dir: Path | None, started: float,
+                hardware: str | None) -> dict:
+    """One line of results.jsonl. started_at/ended_at are Unix times: they show which trials overlapped."""
+    ended = time.time()
+    return {"trial_id": trial.trial_id, "placement": trial.placement, "seed": trial.seed,
+            "status": "failed" if error else "completed", "error": error, **prof, **fields,
+            "run_dir": None if run_dir is None else str(run_dir), "hardware": hardware,
+            "started_at": round(started, 3), "ended_at": round(ended, 3), "duration_s": round(ended - started, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -1,10 +1,12 @@
 """`run_ablation`: the library function behind `fmb ablate` — plan, check DIR, run what is not
-finished yet with a live progress view, then write the report. Notebooks call it too."""
+finished yet (several trials at once on local devices, or as SLURM jobs) with a live progress
+view, then write the report. `plan_ablation` is `--dry-run`. Notebooks call both too."""
 from __future__ import annotations
 
 import json
 import shutil
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from fmb.ablation import report
-from fmb.ablation.runner import PROFILE_KEYS, profile_safely, train_trial
+from fmb.ablation.devices import describe_hardware, plan_slots
+from fmb.ablation.hparams import write_trial_hparams
+from fmb.ablation.runner import PROFILE_KEYS, finish_trial, make_record, profile_safely, start_trial
 from fmb.ablation.store import StudyDir
 from fmb.ablation.study import Study, load_study
 from fmb.errors import FmbError
@@ -33,7 +37,7 @@ class AblationResult:
         return 1 if self.failed else 0
 
     def table(self):
-        return report.rich_table(self.rows, self.title)
+        return report.rich_table(self.rows, self.title, trained=any(t.get("run_dir") for t in self.trials))
 
     def to_json(self) -> dict:
         return {"out_dir": str(self.out_dir), "title": self.title, "exit_code": self.exit_code,
@@ -60,22 +64,63 @@ def _metrics_progress(run_dir: Path) -> str:
         return ""
 
 
-def _context(study: Study) -> list[str]:
+def _context(study: Study, records: list[dict]) -> list[str]:
+    """What a reader needs to judge the table: data and validation set, budget, hardware,
+    resolution and classes of what was measured, and what differs between trials."""
     cfg = study.resolved
     data, trainer, prof = cfg.get("data") or {}, cfg.get("trainer") or {}, study.ablate["profile"]
-    budget = ", ".join(f"{k}={trainer[k]}" for k in ("max_epochs", "max_steps", "limit_train_batches")
-                       if trainer.get(k) not in (None, -1))
-    lines = [f"data: {data.get('source', '?')} at {data.get('image_size', '?')} px" +
-             (f"; budget: {budget}" if budget else "")]
+    size = data.get("image_size", "?")
+    eval_size = data.get("eval_image_size") or size
+    lines = [f"data: {data.get('source', '?')}" + (f" ({data['name']})" if data.get("name") else "")
+             + f", trained at {size} px, evaluated at {eval_size} px"]
     if not study.profile_only:
+        budget = ", ".join(f"{k}={trainer[k]}" for k in ("max_epochs", "max_steps", "limit_train_batches")
+                           if trainer.get(k) not in (None, -1))
+        lines.append(f"training budget per trial: {budget or 'the trainer defaults'}; batch {data.get('batch_size')} "
+                     f"per device × {trainer.get('devices', 1)} device(s)")
+        carve = (f"{data.get('val_fraction')} of {data.get('train_split', 'train')} carved by "
+                 f"data.split_seed={data.get('split_seed')}")
+        lines.append("validation: the same images for every trial and seed ("
+                     + (f"the source's {data['val_split']} split" if data.get("val_split")
+                        else f"the source's validation split if it has one, else {carve}")
+                     + "); run.seed varies initialisation and data order only")
         lines.append(f"seeds: {', '.join(map(str, study.seeds))}")
-    lines.append(f"profile: device {prof['device']}, batch {prof['batch_size']}, "
-                 f"{prof['resolution'] or data.get('image_size', 224)} px, {prof['precision']}, "
-                 f"{prof['num_classes']} classes")
-    extra = {k: v for k, v in (("fused stages", study.ablate["fused_overrides"]),
-                               ("MBConv stages", study.ablate["mbconv_overrides"])) if v}
-    lines += [f"overrides in {k}: {v}" for k, v in extra.items()]
+        trained = [r for r in records if r.get("trained_num_classes")]
+        shapes = sorted({(r["trained_num_classes"], r["trained_image_size"]) for r in trained})
+        if shapes:
+            lines.append("params and GMACs: the trained models (" + "; ".join(
+                f"{c} classes, GMACs at {s} px" for c, s in shapes) + ")")
+    hardware = sorted({r["hardware"] for r in records if r.get("hardware")})
+    if hardware and not study.profile_only:
+        lines.append(f"trials trained on: {'; '.join(hardware)}")
+    lines.append(f"img/s: profile on {describe_hardware() if prof['device'] in ('auto', 'cpu') else prof['device']} "
+                 f"(device {prof['device']}), batch {prof['batch_size']}, {prof['resolution'] or size} px, "
+                 f"{prof['precision']}, {prof['num_classes']} classes"
+                 + ("; also params and GMACs" if study.profile_only else ""))
+    differ = ["model.blocks (the placement)"]
+    differ += [f"{k} stages: {v}" for k, v in (("fused", study.ablate["fused_overrides"]),
+                                                ("MBConv", study.ablate["mbconv_overrides"])) if v]
+    if not study.profile_only:
+        differ.append("run.seed")
+    lines.append("trials differ only in: " + "; ".join(differ))
+    changed = _changed_from_defaults(cfg)
+    if changed:
+        lines.append("config changed from fmb train's defaults: " + ", ".join(changed))
     return lines
+
+
+def _changed_from_defaults(cfg: dict, limit: int = 24) -> list[str]:
+    from omegaconf import OmegaConf
+
+    from fmb.ablation.store import _flatten
+    from fmb.config import to_dict
+    from fmb.config.schema import TrainConfig
+
+    defaults = _flatten(to_dict(OmegaConf.structured(TrainConfig)))
+    skip = ("run.", "model.blocks", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+    ours = {k: v for k, v in _flatten(cfg).items() if not k.startswith(skip)}
+    changed = [f"{k}={v}" for k, v in sorted(ours.items()) if defaults.get(k, object()) != v and v not in ({}, [])]
+    return changed[:limit] + ([f"… {len(changed) - limit} more"] if len(changed) > limit else [])
 
 
 def _write_outputs(out: Path, study: Study, records: dict, title: str) -> dict:
@@ -84,15 +129,14 @@ def _write_outputs(out: Path, study: Study, records: dict, title: str) -> dict:
     report.write_csv(out / "results.csv", planned)
     plots = report.write_plots(out, rows, title)
     failed = [r for r in planned if r["status"] != "completed"]
-    report.write_markdown(out / "report.md", rows, title, _context(study), plots, failed)
+    report.write_markdown(out / "report.md", rows, title, _context(study, planned), plots, failed,
+                          trained=not study.profile_only)
     return {"rows": rows, "planned": planned, "files": {
         "results_jsonl": str(out / "results.jsonl"), "results_csv": str(out / "results.csv"),
         "report_md": str(out / "report.md"), "plots": [str(out / p) for p in plots]}}
 
 
-def run_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=None, profile_only=None,
-                 out=None, resume=False, fail_fast=None, force=False, json_path=None,
-                 console: Console | None = None) -> AblationResult:
+def _prepare(files, overrides, placements, sweep, seeds, profile_only, out, resume, fail_fast, force):
     files, overrides = [str(f) for f in files], list(overrides)
     if resume and not (files or overrides or placements or sweep or seeds or profile_only):
         inv = _stored_invocation(out)  # plain `--resume --out DIR` repeats the stored command
@@ -104,18 +148,27 @@ def run_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=N
                        profile_only=profile_only, fail_fast=fail_fast, force=force)
     out = Path(out) if out else Path("runs/ablate") / (Path(files[0]).stem if files else study.variant)
     store = StudyDir(out)
-    fingerprint, identity = study.fingerprint(), study.identity()
-    store.check(fingerprint, identity)  # a DIR of another study is refused before anything is written
-
-    console = console or Console(stderr=True)
+    store.check(study.fingerprint(), study.identity())  # a DIR of another study is refused before anything is written
     scale = "".join(f", {k} {v}" for k, v in (("width", study.width_mult), ("depth", study.depth_mult)) if v)
     title = f"Fused-MBConv placement ablation: {study.variant}{scale}"
-    store.open(fingerprint, identity, {
+    return files, overrides, study, out, store, title
+
+
+def run_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=None, profile_only=None,
+                 out=None, resume=False, fail_fast=None, force=False, json_path=None,
+                 console: Console | None = None) -> AblationResult:
+    files, overrides, study, out, store, title = _prepare(files, overrides, placements, sweep, seeds, profile_only,
+                                                          out, resume, fail_fast, force)
+    console = console or Console(stderr=True)
+    store.open(study.fingerprint(), study.identity(), {
         "files": [str(Path(f).resolve()) for f in files], "overrides": overrides,
         "placements": study.placements, "seeds": study.seeds, "profile_only": study.profile_only})
     try:
         records = store.records()
-        _run_pending(study, store, records, out, console)
+        if study.ablate["launcher"] == "slurm" and not study.profile_only:
+            _run_slurm(study, store, records, out, console)
+        else:
+            _run_local(study, store, records, out, console)
     finally:
         records = store.records()
         written = _write_outputs(out, study, records, title) if records else {"rows": [], "planned": [], "files": {}}
@@ -128,49 +181,256 @@ def run_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=N
     return result
 
 
-def _run_pending(study: Study, store: StudyDir, records: dict, out: Path, console: Console) -> None:
-    pending = [t for t in study.trials if records.get(t.trial_id, {}).get("status") != "completed"]
-    # a profile does not depend on the seed: reuse one measured by any earlier trial of the placement
-    profiles = {r["placement"]: ({k: r[k] for k in PROFILE_KEYS if k in r}, None)
-                for r in records.values() if r.get("params") is not None}
-    n, skipped = len(study.trials), len(study.trials) - len(pending)
-    if skipped:
-        console.print(f"{out}: {skipped} of {n} trials already finished, running {len(pending)}")
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("trials", total=n, completed=skipped)
-        for i, trial in enumerate(pending, start=skipped + 1):
-            run_dir = out / "trials" / trial.trial_id
-            label = f"trial {i}/{n} {trial.trial_id}"
-            progress.update(task, description=f"{label} · profiling")
-            started = time.time()
-            if trial.placement not in profiles:
-                profiles[trial.placement] = profile_safely(study, trial.placement)
-            prof, error = profiles[trial.placement]
-            fields = {}
-            if error is None and not study.profile_only:
-                if run_dir.exists():  # an interrupted or failed attempt: start the trial afresh
-                    shutil.rmtree(run_dir)
+def _pending(study: Study, records: dict) -> list:
+    return [t for t in study.trials if records.get(t.trial_id, {}).get("status") != "completed"]
 
-                def tick(label=label, run_dir=run_dir, started=started):
-                    status = _metrics_progress(run_dir)
-                    progress.update(task, description=f"{label} · training {time.time() - started:.0f}s"
-                                    + (f" · {status}" if status else ""))
-                tick()
-                fields, error = train_trial(study, trial, run_dir, tick)
-            record = {"trial_id": trial.trial_id, "placement": trial.placement, "seed": trial.seed,
-                      "status": "failed" if error else "completed", "error": error, **prof, **fields,
-                      "run_dir": None if study.profile_only else str(run_dir),
-                      "duration_s": round(time.time() - started, 3),
-                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            store.append(record)
-            records[trial.trial_id] = record
-            progress.update(task, advance=1, description=f"trial {i}/{n} {trial.trial_id} · done")
-            if error:
-                progress.console.print(f"[red]✗ {trial.trial_id}[/] {error}", highlight=False)
-                if study.ablate["fail_fast"]:
+
+def _known_profiles(records: dict) -> dict:
+    # a profile does not depend on the seed: reuse one measured by any earlier trial of the placement
+    return {r["placement"]: ({k: r[k] for k in PROFILE_KEYS if k in r}, None)
+            for r in records.values() if r.get("params") is not None}
+
+
+def _record(store: StudyDir, out: Path, study: Study, record: dict, records: dict) -> None:
+    if store.append(record):
+        records[record["trial_id"]] = record
+        write_trial_hparams(out, study, record)
+
+
+def _report_trial(console, record: dict, i: int, n: int) -> None:
+    if record["error"]:
+        console.print(f"[red]✗ {record['trial_id']}[/] {record['error']}", highlight=False)
+    else:
+        top1 = f" top-1 {100 * record['val_top1']:.2f}%" if record.get("val_top1") is not None else ""
+        console.print(f"[green]✓ {record['trial_id']}[/]{top1} ({record['duration_s']:.0f}s, {i}/{n})", highlight=False)
+
+
+COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def _run_local(study: Study, store: StudyDir, records: dict, out: Path, console: Console) -> None:
+    """Profile every placement first (alone on the machine, so the timings are clean), then train
+    up to `len(slots)` trials at once, each on its own devices, polling them from this thread."""
+    pending = _pending(study, records)
+    profiles = _known_profiles(records)
+    n, finished = len(study.trials), len(study.trials) - len(pending)
+    if finished:
+        console.print(f"{out}: {finished} of {n} trials already finished, running {len(pending)}")
+    fail_fast = study.ablate["fail_fast"]
+    with Progress(*COLUMNS, console=console) as progress:
+        task = progress.add_task("trials", total=n, completed=finished)
+        queue = deque()
+        for trial in pending:
+            if trial.placement not in profiles:
+                progress.update(task, description=f"profiling {trial.placement}")
+                started = time.time()
+                profiles[trial.placement] = profile_safely(study, trial.placement) + (started,)
+            prof, error = profiles[trial.placement][:2]
+            if error or study.profile_only:
+                started = profiles[trial.placement][2] if len(profiles[trial.placement]) > 2 else time.time()
+                record = make_record(trial, prof, {}, error, None if study.profile_only else out / "trials" / trial.trial_id,
+                                     started, None)
+                _record(store, out, study, record, records)
+                finished += 1
+                progress.update(task, advance=1)
+                _report_trial(progress.console, record, finished, n)
+                if error and fail_fast:
                     progress.console.print("[red]stopping: --fail-fast[/]")
-                    break
+                    return
             else:
-                top1 = f" top-1 {100 * fields['val_top1']:.2f}%" if fields.get("val_top1") is not None else ""
-                progress.console.print(f"[green]✓ {trial.trial_id}[/]{top1} ({record['duration_s']:.0f}s)", highlight=False)
+                queue.append(trial)
+        if not queue:
+            return
+        slots = plan_slots(study, len(queue))
+        if len(slots) > 1:
+            progress.console.print(f"{len(queue)} trial(s), {len(slots)} at once: " + ", ".join(s.label for s in slots))
+        free, running = list(slots), {}
+        try:
+            while queue or running:
+                while queue and free:
+                    trial, slot = queue.popleft(), free.pop(0)
+                    run_dir = out / "trials" / trial.trial_id
+                    if run_dir.exists():  # an interrupted or failed attempt: start the trial afresh
+                        shutil.rmtree(run_dir)
+                    started = time.time()
+                    proc = start_trial(study, trial, run_dir, slot.env)
+                    line = progress.add_task(f"  {trial.trial_id} · {slot.label}", total=None)
+                    running[trial.trial_id] = (trial, proc, slot, started, run_dir, line)
+                time.sleep(0.2)
+                for trial_id, (trial, proc, slot, started, run_dir, line) in list(running.items()):
+                    if proc.poll() is None:
+                        status = _metrics_progress(run_dir)
+                        progress.update(line, description=f"  {trial_id} · {slot.label} · {time.time() - started:.0f}s"
+                                        + (f" · {status}" if status else ""))
+                        continue
+                    fields, error = finish_trial(study, proc, run_dir)
+                    record = make_record(trial, profiles[trial.placement][0], fields, error, run_dir, started,
+                                         describe_hardware(slot.env))
+                    _record(store, out, study, record, records)
+                    running.pop(trial_id)
+                    progress.remove_task(line)
+                    free.append(slot)
+                    finished += 1
+                    progress.update(task, advance=1)
+                    _report_trial(progress.console, record, finished, n)
+                    if error and fail_fast:
+                        progress.console.print("[red]stopping: --fail-fast[/]"
+                                               + (f" (stopping {len(running)} trial(s) in flight)" if running else ""))
+                        queue.clear()
+                        for _, other, *_ in running.values():
+                            other.kill()  # not recorded: they did not finish, so they count as not run
+                        running.clear()
+                        return
+        finally:
+            for _, proc, *_ in running.values():  # Ctrl-C or an error here: never leave a trial unsupervised
+                proc.kill()
+
+
+def _run_slurm(study: Study, store: StudyDir, records: dict, out: Path, console: Console) -> None:
+    from fmb.ablation.slurm import submit_missing, wait_for_jobs
+
+    jobs, _ = submit_missing(study, out, records, console)
+    if not jobs:
+        return
+    if not study.ablate["slurm"]["wait"]:
+        console.print(f"{len(jobs)} job(s) on the cluster; `fmb ablate --resume --out {out}` collects them and "
+                      f"writes the report")
+        return
+    n = len(study.trials)
+    finished = n - len(jobs)
+    try:
+        with Progress(*COLUMNS, console=console) as progress:
+            task = progress.add_task("trial jobs", total=n, completed=finished)
+
+            def update(done, waiting):
+                progress.update(task, completed=finished + done, description=f"trial jobs · {waiting} queued or running")
+            wait_for_jobs(study, out, store, jobs, console, update)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]stopped waiting; the jobs keep running. `fmb ablate --resume --out {out}` "
+                      f"collects them[/]")
+        raise
+
+
+def _train_images(cfg: dict) -> tuple[int | None, str]:
+    """Images one epoch of a trial trains on, and how we know."""
+    data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
+    devices = trainer.get("devices") if isinstance(trainer.get("devices"), int) and trainer.get("devices") > 0 else 1
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        return limit * data["batch_size"] * devices, f"trainer.limit_train_batches={limit}"
+    try:
+        from fmb.data.sources import load_source
+
+        splits = load_source(data["source"], data.get("name"), streaming=False)
+        train = splits[data.get("train_split") or "train"]
+        has_val = data.get("val_split") or any(k in splits for k in ("validation", "valid", "val", "dev"))
+        n = len(train) if has_val else int(len(train) * (1 - data["val_fraction"]))
+        if isinstance(limit, float) and 0 < limit < 1:
+            n = int(n * limit)
+        return n, f"{n} training images"
+    except Exception as exc:
+        return None, f"dataset size unknown ({type(exc).__name__})"
+
+
+def plan_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=None, profile_only=None,
+                  out=None, resume=False, fail_fast=None, force=False, profile=True) -> dict:
+    """`fmb ablate --dry-run`: what a run would do — trials, where they would run, one trial's
+    config and command, an estimated cost from a quick profile — without running or writing anything."""
+    from omegaconf import OmegaConf
+
+    from fmb.ablation.runner import profile_placement, trial_command
+
+    files, overrides, study, out, store, title = _prepare(files, overrides, placements, sweep, seeds, profile_only,
+                                                          out, resume, fail_fast, force)
+    records = store.records()
+    pending = _pending(study, records)
+    plan = {"title": title, "out_dir": str(out), "launcher": study.ablate["launcher"],
+            "trials": [t.trial_id for t in study.trials], "pending": [t.trial_id for t in pending],
+            "finished": [t.trial_id for t in study.trials if t not in pending], "profile_only": study.profile_only}
+    if study.ablate["launcher"] == "slurm" and not study.profile_only:
+        from fmb.ablation.slurm import make_executor
+
+        _, folder, params = make_executor(study, out)
+        plan.update(parallel=min(len(pending), params["slurm_array_parallelism"]) or 1,
+                    where=f"one SLURM job per trial (array of {len(pending)}), logs in {folder}", slurm=params)
+    else:
+        slots = plan_slots(study, len(pending)) if pending and not study.profile_only else []
+        plan.update(parallel=max(1, len(slots)), where=", ".join(s.label for s in slots) or "this process (profiles)",
+                    slots=[{"label": s.label, "env": s.env} for s in slots])
+    example = pending[0] if pending else study.trials[0]
+    if not study.profile_only:
+        run_dir = out / "trials" / example.trial_id
+        plan["example_trial"] = {"trial_id": example.trial_id,
+                                 "command": trial_command(study, run_dir / "trial.yaml", example.placement,
+                                                          example.seed, run_dir),
+                                 "config_yaml": OmegaConf.to_yaml(OmegaConf.create(study.trial_config(example.placement)))}
+    if profile:
+        quick = {**study.ablate["profile"], "warmup": 1, "iters": 2}
+        probe = sorted({study.placements[0], study.placements[-1]})
+        speeds = {}
+        for p in probe:
+            try:
+                speeds[p] = profile_placement(_with_profile(study, quick), p).get("train_images_per_sec")
+            except Exception as exc:
+                speeds[p] = None
+                plan.setdefault("notes", []).append(f"profile of {p} failed: {type(exc).__name__}")
+        plan["quick_profile"] = {"train_images_per_sec": speeds, "settings": quick}
+        if not study.profile_only:
+            images, source = _train_images(study.resolved)
+            epochs = (study.resolved.get("trainer") or {}).get("max_epochs") or 1
+            known = [v for v in speeds.values() if v]
+            if images and known:
+                per_trial = epochs * images / (sum(known) / len(known))
+                plan["estimate"] = {
+                    "images_per_epoch": images, "epochs": epochs, "basis": source,
+                    "trial_compute_s": round(per_trial, 1),
+                    "total_compute_s": round(per_trial * len(pending), 1),
+                    "wall_s": round(per_trial * -(-len(pending) // plan["parallel"]), 1),
+                    "note": "training compute at the profiled speed only (no data loading, validation or start-up), "
+                            "so a lower bound; trials at once share the machine"}
+            else:
+                plan["estimate"] = {"note": f"no estimate: {source if not images else 'the profile failed'}"}
+    return plan
+
+
+def _with_profile(study: Study, profile: dict) -> Study:
+    import copy
+
+    quick = copy.copy(study)
+    quick.ablate = {**study.ablate, "profile": profile}
+    return quick
+
+
+def format_plan(plan: dict) -> list[str]:
+    """The dry run as lines of text for the terminal."""
+    lines = [plan["title"], f"study dir: {plan['out_dir']}",
+             f"trials: {len(plan['trials'])} ({len(plan['finished'])} finished, {len(plan['pending'])} to run"
+             + (", profile only" if plan["profile_only"] else "") + ")",
+             f"launcher: {plan['launcher']}: {plan['where']}; {plan['parallel']} at once"]
+    if plan.get("slurm"):
+        lines.append("submitit: " + ", ".join(f"{k}={v}" for k, v in plan["slurm"].items()))
+    if plan.get("example_trial"):
+        ex = plan["example_trial"]
+        lines += [f"trial {ex['trial_id']}: {' '.join(map(str, ex['command']))}", "its -c file (trial.yaml):",
+                  *("  " + ln for ln in ex["config_yaml"].rstrip().splitlines())]
+    if plan.get("quick_profile"):
+        speeds = plan["quick_profile"]["train_images_per_sec"]
+        lines.append("quick profile, train img/s: " + ", ".join(
+            f"{p} {v:.0f}" if v else f"{p} failed" for p, v in speeds.items()))
+    est = plan.get("estimate")
+    if est and "trial_compute_s" in est:
+        lines.append(f"estimate: {est['epochs']} epoch(s) × {est['images_per_epoch']} images ({est['basis']}) → "
+                     f"~{_duration(est['trial_compute_s'])} per trial, ~{_duration(est['total_compute_s'])} of "
+                     f"compute, ~{_duration(est['wall_s'])} wall with {plan['parallel']} at once ({est['note']})")
+    elif est:
+        lines.append(f"estimate: {est['note']}")
+    lines += [f"note: {n}" for n in plan.get("notes", [])]
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

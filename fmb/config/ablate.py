@@ -68,6 +68,8 @@ class AblateSlurmConfig:
     folder: Optional[str] = opt(None, "submitit logs and pickles; null = <study dir>/slurm")
     setup: list[str] = opt([], "shell lines run before each trial job, e.g. [module load cuda]")
     additional: dict[str, Any] = opt({}, "other sbatch options, e.g. {exclude: node12}")
+    cluster: Literal["slurm", "local"] = opt("slurm", "local = submitit's local executor: the same job code on "
+                                                      "this machine, no cluster (tests, trying a study out)")
 
     def __post_init__(self):
         parse_slurm_time(self.time)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -129,17 +130,15 @@ def _run_pt2(path, samples, **_):
 
 # ---- TorchScript -----------------------------------------------------------------------
 def _write_torchscript(net, sample, path, **_):
-    import warnings
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still widely used
-        traced = torch.jit.trace(net, sample)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(torch.jit.trace(net, sample), str(path))
 
 
 def _run_torchscript(path, samples, **_):
-    loaded = torch.jit.load(str(path))
-    with torch.inference_mode():
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path))
         return [loaded(x) for x in samples]
 
 

@@ -92,6 +92,7 @@ class _Claim:
     lock: RunLock | None = None       # held by rank 0 for the run's life
     snapshot: RunSnapshot | None = None  # a resume's files before it began, put back if it fails early
     note: str | None = None           # what was decided, said once before training
+    committed: bool = False           # the attempt has written a checkpoint: the run's files are its own
 
     def release(self) -> None:
         if self.lock is not None:
@@ -198,6 +199,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, callbacks=()) -
     claim = _run_dir(cfg, resume)
     try:
         return _train(cfg, claim, callbacks)
+    except BaseException:
+        if claim.snapshot is not None and not claim.committed and claim.lock is not None:
+            claim.snapshot.restore()  # a resume that failed before its first checkpoint changes nothing
+        raise
     finally:
         claim.release()
 
@@ -231,15 +236,14 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
         check_resumable(read_checkpoint_file(claim.ckpt, mmap=True), claim.ckpt, module)
 
     global_batch = global_batch_size(cfg.data.batch_size, trainer)
-    committed = claim.snapshot is None  # a fresh run (or a branch) owns its files from the start
+    claim.committed = claim.snapshot is None  # a fresh run (or a branch) owns its files from the start
 
     def commit(_path=None):
-        nonlocal committed
-        if not committed and trainer.is_global_zero:  # the resume made its first checkpoint: now it is the run
+        if not claim.committed and trainer.is_global_zero:  # the resume made its first checkpoint: now it is the run
             atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-        committed = True
+        claim.committed = True
     trainer.strategy.checkpoint_io.after_save = commit
-    if trainer.is_global_zero and committed:
+    if trainer.is_global_zero and claim.committed:
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     rank_zero_print(
         (f"[yellow]{claim.note}[/]\n" if claim.note else "")
@@ -279,7 +283,7 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
     finally:
         summary = summarize(trainer, module, cfg, run_dir, status, error, started, global_batch, datamodule)
         if trainer.is_global_zero:
-            _finish(run_dir, summary, committed, claim.snapshot)
+            _finish(run_dir, summary, claim.committed)
     if failure is not None:
         raise failure
     return summary
@@ -289,12 +293,11 @@ def _slurm_job() -> str | None:
     return os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
 
 
-def _finish(run_dir: Path, summary: dict, committed: bool, snapshot: RunSnapshot | None) -> None:
-    """Write the summary; a resume that failed before its first checkpoint puts the run back."""
+def _finish(run_dir: Path, summary: dict, committed: bool) -> None:
+    """Write the summary (not for a resume that failed before its first checkpoint: train()
+    puts that run back as it was)."""
     try:
-        if not committed and snapshot is not None:
-            snapshot.restore()
-        else:
+        if committed:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     except FmbError:
         if summary["status"] == "completed":

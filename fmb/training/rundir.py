@@ -351,8 +351,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
         except (OSError, RuntimeError) as exc:
+            error = write_error(path, exc)  # before the temp file goes: a full disk is still full now
             tmp.unlink(missing_ok=True)
-            raise write_error(path, exc) from None
+            raise error from None
         if self.after_save is not None:
             self.after_save(path)
 

@@ -1,0 +1,71 @@
+"""fmb eval: --split names real splits only (one-line error listing those that exist, never a
+silent fall-back), --device/--precision/--batch-size, and a JSON that says what was evaluated;
+run directories record absolute data paths so eval works from any directory."""
+import json
+
+import pytest
+import torch
+
+from fmb.config import load_config
+from fmb.errors import FmbError
+from fmb.training.evaluate import evaluate
+
+
+def test_missing_test_split_is_one_line_listing_the_splits(run_cli, tiny_checkpoint):
+    ckpt, _, _ = tiny_checkpoint
+    result = run_cli("eval", ckpt, "--split", "test")
+    assert result.returncode == 2
+    assert "has no test split; its splits are train" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    other = run_cli("eval", ckpt, "--split", "validaton")
+    assert other.returncode == 2 and "has no split 'validaton'; its splits are train" in other.stderr
+
+
+def test_eval_json_names_split_images_checkpoint_weights(run_cli, tiny_checkpoint, tmp_path):
+    ckpt, _, _ = tiny_checkpoint
+    out = tmp_path / "eval.json"
+    result = run_cli("eval", ckpt, "--device", "cpu", "--precision", "bf16", "--batch-size", "4", "--no-ema",
+                     "--json", out)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(out.read_text())
+    assert payload["split"] == "val" and payload["split_name"] == "train (held-out 0.25 for validation)"
+    assert payload["images"] == 9 and payload["checkpoint"] == str(ckpt)
+    assert payload["weights"] == "raw" and payload["device"] == "cpu" and payload["precision"] == "bf16"
+    assert payload["batch_size"] == 4
+    everything = evaluate(ckpt, split="train", device="cpu")  # any split of the source by name
+    assert everything["images"] == 36 and everything["weights"] == "ema"
+
+
+def test_bf16_eval_close_to_fp32(tiny_checkpoint):
+    ckpt, _, _ = tiny_checkpoint
+    fp32, bf16 = (evaluate(ckpt, device="cpu", precision=p) for p in ("fp32", "bf16"))
+    assert abs(fp32["loss"] - bf16["loss"]) < 0.05
+
+
+def test_device_and_precision_errors(tiny_checkpoint):
+    ckpt, _, _ = tiny_checkpoint
+    with pytest.raises(FmbError, match="unknown --device 'tpu'"):
+        evaluate(ckpt, device="tpu")
+    with pytest.raises(FmbError, match="fp16 needs a GPU"):
+        evaluate(ckpt, device="cpu", precision="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(FmbError, match="no CUDA GPU"):
+            evaluate(ckpt, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_eval_on_cuda_matches_cpu(tiny_checkpoint):
+    ckpt, _, _ = tiny_checkpoint
+    cpu, gpu = evaluate(ckpt, device="cpu"), evaluate(ckpt, device="cuda", precision="bf16")
+    assert gpu["device"].startswith("cuda") and gpu["images"] == cpu["images"]
+    assert abs(gpu["top1"] - cpu["top1"]) <= 1 / cpu["images"] + 1e-9
+
+
+def test_relative_data_path_is_recorded_absolute(tiny_checkpoint, tmp_path, monkeypatch):
+    _, _, images = tiny_checkpoint
+    monkeypatch.chdir(images.parent)
+    cfg = load_config([], [f"data.source={images.name}"])
+    assert cfg.data.source == str(images)
+    glob_cfg = load_config([], ["data.source=./images/*/0.png"])
+    assert glob_cfg.data.source == str(images / "*" / "0.png")
+    assert load_config([], ["data.source=uoft-cs/cifar10"]).data.source == "uoft-cs/cifar10"  # hub ids stay

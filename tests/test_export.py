@@ -1,0 +1,94 @@
+"""fmb export: every format written, loaded back and run; the measured difference from PyTorch;
+a failed check leaves nothing behind; TorchScript through torch.jit.trace."""
+import json
+
+import pytest
+import torch
+
+from fmb.errors import FmbError
+from fmb.inference.export import export_model
+from fmb.training.evaluate import load_checkpoint, restore_module
+
+
+@pytest.fixture(scope="module")
+def network(tiny_checkpoint):
+    ckpt, _, _ = tiny_checkpoint
+    return restore_module(load_checkpoint(ckpt)).model.eval()
+
+
+@pytest.mark.parametrize("fmt,fold_bn", [("onnx", False), ("onnx", True), ("pt2", False), ("safetensors", True),
+                                         ("torchscript", False)])
+def test_export_round_trip(tiny_checkpoint, network, tmp_path, fmt, fold_bn):
+    ckpt, _, _ = tiny_checkpoint
+    out = tmp_path / f"model.{fmt}"
+    result = export_model(ckpt, format=fmt, output=out, fold_bn=fold_bn)
+    assert out.is_file() and result["path"] == str(out) and result["bytes"] == out.stat().st_size
+    # measured on this CPU: 0 (pt2, TorchScript, safetensors), ~2e-7 (ONNX Runtime, BN folding)
+    assert result["max_abs_diff"] <= 1e-5, result
+    assert result["weights"] == "ema" and result["class_names"] == ["cat", "dog", "owl"]
+    x = torch.randn(7, 3, 32, 32)  # a batch size the export never saw
+    with torch.inference_mode():
+        expected = network(x)
+    if fmt == "onnx":
+        import onnxruntime
+        got = torch.from_numpy(onnxruntime.InferenceSession(str(out)).run(None, {"images": x.numpy()})[0])
+    elif fmt == "pt2":
+        got = torch.export.load(str(out)).module()(x)
+    elif fmt == "torchscript":
+        got = torch.jit.load(str(out))(x)
+    else:
+        from safetensors import safe_open
+        with safe_open(str(out), "pt") as f:
+            meta = f.metadata()
+        assert meta["format"] == "fmb" and json.loads(meta["class_names"]) == ["cat", "dog", "owl"]
+        return
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_exported_safetensors_is_a_pretrained_file(tiny_checkpoint, network, tmp_path):
+    """Without BN folding the file loads by tensor name, as model.pretrained=FILE does."""
+    import fmb
+
+    ckpt, _, _ = tiny_checkpoint
+    out = tmp_path / "weights.safetensors"
+    export_model(ckpt, format="safetensors", output=out)
+    model = fmb.create_model("efficientnetv2_s", num_classes=3, width_mult=0.25, depth_mult=0.25,
+                             pretrained=str(out)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), network(x))
+
+
+def test_failed_check_leaves_nothing(tiny_checkpoint, tmp_path):
+    ckpt, _, _ = tiny_checkpoint
+    out = tmp_path / "model.pt2"
+    # BN folding changes the logits by ~1e-7: a tolerance below that must fail
+    with pytest.raises(FmbError, match="above the tolerance") as info:
+        export_model(ckpt, format="torchscript", output=tmp_path / "m.ts", fold_bn=True, tolerance=1e-12)
+    assert info.value.exit_code == 1
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FmbError, match="unknown --format 'tflite'"):
+        export_model(ckpt, format="tflite", output=out)
+
+
+def test_export_cli(run_cli, tiny_checkpoint, tmp_path):
+    ckpt, _, _ = tiny_checkpoint
+    out, report = tmp_path / "m.pt2", tmp_path / "export.json"
+    result = run_cli("export", ckpt, "--format", "pt2", "--static-batch", "-o", out, "--json", report)
+    assert result.returncode == 0, result.stderr
+    assert "max abs diff" in result.stdout and out.is_file()
+    payload = json.loads(report.read_text())
+    assert payload["batch_sizes"] == [2] and payload["dynamic_batch"] is False
+    bad = run_cli("export", ckpt, "--format", "onnx", "--tolerance", "0")
+    assert bad.returncode == 2 and "--tolerance" in bad.stderr
+
+
+def test_torch_jit_trace_of_the_model(network):
+    import warnings
+
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(network, x)
+    assert traced(torch.randn(4, 3, 32, 32)).shape == (4, 3)
+    torch.testing.assert_close(traced(x), network(x))
