@@ -21,11 +21,13 @@ SECTION_DOCS = {
 
 
 def _sections() -> list[tuple[str, type | None]]:
-    out = []
-    for f in dataclasses.fields(TrainConfig):
-        kind = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        out.append((f.name, type(kind) if dataclasses.is_dataclass(kind) else None))
-    return out
+    """(name, section dataclass or None for the free-form trainer) — from the annotations, since
+    building a section runs its checks (and the model's imports torch)."""
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    return [(f.name, hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None)
+            for f in dataclasses.fields(TrainConfig)]
 
 
 def _default_text(value) -> str:

@@ -144,10 +144,10 @@ def _run_torchscript(path, samples, **_):
 
 # ---- safetensors -----------------------------------------------------------------------
 def _metadata(classifier, fold_bn: bool, size: int) -> dict[str, str]:
-    """What rebuilds the network: fmb's model section, classes, BN eps (all strings, as safetensors wants)."""
+    """What rebuilds the network: fmb's model section, classes, BN eps/momentum (all strings, as safetensors wants)."""
     hp = classifier.model.hparams
     return {"format": "fmb", "model": json.dumps(hp["config"]["model"]), "num_classes": str(hp["num_classes"]),
-            "class_names": json.dumps(classifier.class_names), "bn_eps": json.dumps(hp.get("bn_eps")),
+            "class_names": json.dumps(classifier.class_names), "bn": json.dumps(hp.get("bn_kwargs")),
             "eval_image_size": str(size), "fold_bn": json.dumps(fold_bn)}
 
 
@@ -166,7 +166,7 @@ def _run_safetensors(path, samples, *, classifier, fold_bn, **_):
 
     hp = classifier.model.hparams
     fresh = create_model(**model_kwargs(classifier.model.cfg.model), num_classes=hp["num_classes"],
-                         bn_eps=hp.get("bn_eps")).eval()
+                         **(hp.get("bn_kwargs") or {})).eval()
     if fold_bn:
         from safetensors.torch import load_file
         fresh = fuse_bn(fresh).eval()
@@ -176,7 +176,7 @@ def _run_safetensors(path, samples, *, classifier, fold_bn, **_):
         from fmb.models.weights import load_into, read_checkpoint
         model_cfg = classifier.model.cfg.model
         state, origin = read_checkpoint(path, family=get_variant(model_cfg.variant).family, padding=model_cfg.padding)
-        load_into(fresh, state, origin, source=str(path), set_bn=False)  # eps as trained (hp bn_eps)
+        load_into(fresh, state, origin, source=str(path), set_bn=False)  # BN as trained (hp bn_kwargs)
     with torch.inference_mode():
         return [fresh(x) for x in samples]
 

@@ -1,0 +1,238 @@
+"""`auto` settings: the fastest correct mode for the machine a run is on, decided once.
+
+`trainer.precision`, `trainer.accelerator`, `model.channels_last` and `model.compile` accept
+`auto` (the defaults). `decide(cfg)` turns each into a concrete value with a one-line reason;
+an explicit value is kept as given ("explicit"). The run prints the decisions once at start
+and saves them in summary.json under `auto`, and config.yaml holds the values that ran.
+
+What decides, and why:
+- accelerator: CUDA, else MPS, else CPU (what Lightning's `auto` picks; fmb needs to know it
+  to choose the rest).
+- precision: bf16-mixed on CUDA GPUs that support bf16 (Ampere and newer), 16-mixed on older
+  CUDA GPUs (tensor cores, with Lightning's grad scaler); on a CPU bf16-mixed only when the
+  CPU has native bf16 (AVX512-BF16 or AMX) *and* a small training step measures faster in
+  bf16 than in fp32 here. Without native bf16 the CPU emulates it and is several times slower,
+  so nothing is measured. The measurement is cached per CPU model and torch version under
+  $FMB_CACHE (default ~/.cache/fmb).
+- channels_last: on CUDA (cuDNN's NHWC kernels under mixed precision) and with bf16 on a CPU
+  (oneDNN's bf16 convs are NHWC); off for fp32 on CPU and MPS.
+- compile: torch.compile on CUDA, where fused kernels pay back the compile time within a run;
+  off on CPU and MPS, where a run of a few minutes would spend a large share of it compiling.
+  With progressive learning the forward is compiled with dynamic shapes, so the image size
+  changes at stage boundaries reuse one graph instead of recompiling per stage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+AUTO = "auto"
+
+
+@dataclass
+class Decision:
+    value: Any
+    reason: str
+    requested: Any = AUTO
+
+    def line(self, key: str) -> str:
+        how = "explicit" if self.requested != AUTO else "auto"
+        return f"{key}={self.value} ({how}: {self.reason})"
+
+
+# --- hardware facts (each a function, so tests can monkeypatch them) -------------------
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def cuda_bf16() -> bool:
+    return cuda_available() and torch.cuda.is_bf16_supported()
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 arithmetic in hardware rather than emulated through fp32."""
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FMB_CACHE") or Path.home() / ".cache" / "fmb")
+
+
+def _step_ms(bf16: bool, iters: int = 3) -> float:
+    """Median ms of a small conv net's training step (convs, BN, SiLU, depthwise, like a V2 stage)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, 2, 1), torch.nn.BatchNorm2d(32), torch.nn.SiLU(),
+        torch.nn.Conv2d(32, 64, 3, 1, 1), torch.nn.BatchNorm2d(64), torch.nn.SiLU(),
+        torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.BatchNorm2d(64), torch.nn.SiLU(),
+        torch.nn.Conv2d(64, 64, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    x = torch.randn(16, 3, 64, 64).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (16,))
+    times = []
+    for i in range(iters + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        if i:  # the first call builds kernels
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def cpu_bf16_faster() -> tuple[bool, str]:
+    """Whether bf16 autocast trains faster than fp32 on this CPU, and why (cached)."""
+    if not cpu_native_bf16():
+        return False, "CPU has no native bf16 (no AVX512-BF16/AMX): emulated bf16 is slower than fp32"
+    key = f"{cpu_name()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    path = cache_dir() / "cpu_bf16.json"
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        fp32, bf16 = [], []
+        for _ in range(2):  # alternate, so load on a shared machine hits both
+            fp32.append(_step_ms(False))
+            bf16.append(_step_ms(True))
+        cache[key] = {"fp32_ms": round(min(fp32), 2), "bf16_ms": round(min(bf16), 2)}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home only costs the measurement next time
+    m = cache[key]
+    faster = m["bf16_ms"] < 0.9 * m["fp32_ms"]  # a clear win only: bf16 also costs a little accuracy
+    return faster, f"native bf16; measured step bf16 {m['bf16_ms']} ms vs fp32 {m['fp32_ms']} ms"
+
+
+# --- decisions --------------------------------------------------------------------------
+def accelerator(requested) -> Decision:
+    if requested not in (None, AUTO):
+        return Decision(requested, "explicit", requested)
+    if cuda_available():
+        return Decision("cuda", "CUDA GPU found")
+    if mps_available():
+        return Decision("mps", "Apple GPU found")
+    return Decision("cpu", "no GPU found")
+
+
+def _device_type(accel: str) -> str:
+    accel = str(accel)
+    return "cuda" if accel in ("cuda", "gpu") else accel
+
+
+def precision(requested, device: str) -> Decision:
+    if requested not in (None, AUTO):
+        return Decision(requested, "explicit", requested)
+    if device == "cuda":
+        if cuda_bf16():
+            return Decision("bf16-mixed", "CUDA GPU with bf16")
+        return Decision("16-mixed", "CUDA GPU without bf16: fp16 autocast with grad scaling")
+    if device == "cpu":
+        faster, why = cpu_bf16_faster()
+        return Decision("bf16-mixed" if faster else "32-true", why)
+    return Decision("32-true", f"{device}: fp32")
+
+
+def channels_last(requested, device: str, prec: str) -> Decision:
+    if requested != AUTO:
+        return Decision(bool(requested), "explicit", requested)
+    if device == "cuda":
+        return Decision(True, "CUDA: NHWC convolution kernels")
+    if device == "cpu" and str(prec).startswith("bf16"):
+        return Decision(True, "CPU bf16: oneDNN's bf16 convolutions are NHWC")
+    return Decision(False, f"{device} {prec}: NCHW is as fast or faster")
+
+
+def compile_(requested, device: str, progressive: bool) -> Decision:
+    if requested != AUTO:
+        return Decision(bool(requested), "explicit", requested)
+    if device == "cuda":
+        shapes = "dynamic shapes across progressive stages" if progressive else "static shapes"
+        return Decision(True, f"CUDA: fused kernels repay the compile time ({shapes})")
+    return Decision(False, f"{device}: compile time would be a large share of the run")
+
+
+def decide(cfg) -> dict[str, Decision]:
+    """{key: Decision} for the run config `cfg` on this machine."""
+    trainer = cfg.trainer
+    accel = accelerator(trainer.get("accelerator", AUTO))
+    device = _device_type(accel.value)
+    prec = precision(trainer.get("precision", AUTO), device)
+    return {
+        "trainer.accelerator": accel,
+        "trainer.precision": prec,
+        "model.channels_last": channels_last(cfg.model.channels_last, device, str(prec.value)),
+        "model.compile": compile_(cfg.model.compile, device, bool(cfg.progressive.enabled)),
+    }
+
+
+def model_settings(cfg) -> tuple[bool, bool]:
+    """(channels_last, compile) for the model section: resolved values pass through; `auto`
+    is decided for the accelerator the config names (a module built outside `fmb train`)."""
+    if cfg.model.channels_last != AUTO and cfg.model.compile != AUTO:
+        return bool(cfg.model.channels_last), bool(cfg.model.compile)
+    d = decide(cfg)
+    return d["model.channels_last"].value, d["model.compile"].value
+
+
+def apply(cfg, decisions: dict[str, Decision]) -> None:
+    """Write the decided values into the config, so config.yaml holds what ran."""
+    for key, decision in decisions.items():
+        section, name = key.split(".")
+        if section == "trainer":
+            if name in cfg.trainer or decision.requested == AUTO:
+                cfg.trainer[name] = decision.value
+        else:
+            setattr(getattr(cfg, section), name, decision.value)
+
+
+def record(decisions: dict[str, Decision]) -> dict:
+    """summary.json's `auto`: {key: {value, requested, reason}}."""
+    return {key: asdict(d) for key, d in decisions.items()}
+
+
+def describe(decisions: dict[str, Decision]) -> str:
+    return "  auto: " + "; ".join(d.line(k) for k, d in decisions.items())
+
+
+def loader_options(workers: int, pin_memory, persistent_workers, device_cuda: bool | None = None) -> dict:
+    """pin_memory / persistent_workers / prefetch_factor for a DataLoader on this machine.
+
+    Pinned host memory only helps copies to a CUDA GPU. Persistent workers keep their
+    decoders and caches between epochs. Prefetch: Lightning's default 2 batches per worker
+    suffices on CPU, where the model is the bottleneck; with a GPU 4 batches per worker absorb
+    the jitter of decode times so the GPU does not wait.
+    """
+    cuda = cuda_available() if device_cuda is None else device_cuda
+    opts = {"pin_memory": bool(cuda if pin_memory is None else pin_memory),
+            "persistent_workers": workers > 0 if persistent_workers is None else bool(persistent_workers and workers)}
+    if workers > 0:
+        opts["prefetch_factor"] = 4 if cuda else 2
+    return opts
