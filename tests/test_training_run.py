@@ -195,3 +195,26 @@ def test_holdout_chooses_the_checkpoint_and_the_reported_split_never_does(image_
     # train 60 → 45 after the 25% validation carve → 36 after the 20% holdout; the val split is unchanged
     result = evaluate(tmp_path / "h" / "checkpoints" / "last.ckpt")
     assert result["examples"] == 15 and result["top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
+
+
+def test_a_release_0_1_checkpoint_still_evaluates(trained, tmp_path):
+    """Checkpoints of the first release kept model_kwargs/optim/data/run_config hyperparameters
+    and aug.hflip; they are read in today's shape and give the same result."""
+    from fmb.config import to_dict
+    _, run_dir = trained
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    config = ckpt["hyper_parameters"]["config"]
+    old = json.loads(json.dumps(config))
+    old["aug"]["hflip"] = old["data"].pop("hflip")
+    old["aug"]["crop_scale_min"] = old["data"].pop("crop_scale_min")
+    m = config["model"]
+    ckpt["hyper_parameters"] = {
+        "model_kwargs": {"name": m["variant"], "blocks": m["blocks"], "stage_overrides": None,
+                         "width_mult": m["width_mult"], "depth_mult": m["depth_mult"], "drop_rate": m["drop_rate"],
+                         "drop_path_rate": m["drop_path_rate"], "padding": m["padding"]},
+        "num_classes": ckpt["hyper_parameters"]["num_classes"], "class_names": ckpt["hyper_parameters"]["class_names"],
+        "optim": old["optim"], "sched": old["sched"], "label_smoothing": old["aug"]["label_smoothing"],
+        "channels_last": False, "compile": False, "data": old["data"], "run_config": old}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert evaluate(tmp_path / "old.ckpt")["top1"] == evaluate(run_dir / "checkpoints" / "last.ckpt")["top1"]
+    assert to_dict(load_config([])) != old  # (the shapes really differ)
