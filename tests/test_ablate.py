@@ -138,7 +138,7 @@ def test_training_sweep_writes_report_csv_plots(tmp_path, fake_log):
     # each trial's -c file is a train config: no ablate section, the per-trial SE override applied
     trial_cfg = yaml.safe_load((out / "trials" / "FFFMMM-s0" / "trial.yaml").read_text())
     assert "ablate" not in trial_cfg and "blocks" not in trial_cfg["model"]
-    assert trial_cfg["model"]["stage_overrides"] == {str(i): {"se_ratio": 0.0} for i in (1, 2, 3)}
+    assert trial_cfg["model"]["stage_overrides"] == {i: {"se_ratio": 0.0} for i in (1, 2, 3)}
     assert yaml.safe_load((out / "trials" / "MMMMMM-s0" / "trial.yaml").read_text())["model"]["stage_overrides"] == {}
     assert json.loads(js.read_text())["placements"][1]["placement"] == "FFFMMM"
     # the same command again finds everything finished and runs nothing

@@ -10,7 +10,7 @@ from fmb.ablation.slurm import make_executor
 from fmb.ablation.study import load_study
 from test_ablate import _lines, _preset
 
-SLURM = ["ablate.launcher=slurm", "ablate.slurm.cluster=local", "ablate.slurm.time=10"]
+SLURM = ["ablate.launcher=slurm", "ablate.slurm.cluster=local", "ablate.slurm.timeout_min=10"]
 
 
 def test_study_through_submitit_then_resume_submits_only_what_is_missing(tmp_path, monkeypatch):
@@ -67,7 +67,7 @@ def test_timed_out_job_is_requeued_and_continues_from_its_checkpoint(tmp_path, m
 
 def test_executor_options_come_from_the_config(tmp_path):
     study = load_study([_preset(tmp_path)], ["ablate.launcher=slurm", "ablate.slurm.partition=gpu",
-                                             "ablate.slurm.time=2:30:00", "ablate.slurm.gpus_per_trial=2",
+                                             "ablate.slurm.timeout_min=150", "ablate.slurm.gpus_per_trial=2",
                                              "ablate.slurm.mem=64G", "ablate.slurm.account=lab",
                                              "ablate.slurm.array_parallelism=8", "ablate.slurm.cluster=local"])
     _, folder, params = make_executor(study, tmp_path / "study")

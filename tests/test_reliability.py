@@ -62,7 +62,7 @@ def processed_epochs(ckpt: Path) -> int:
 
 @pytest.fixture
 def long_run(tmp_path):
-    images = write_image_folder(tmp_path / "images", per_class=24)
+    images = write_image_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
     return tiny_train_overrides(images, run_dir, **{"trainer.max_epochs": 1000, "data.batch_size": 4}), run_dir
 
@@ -72,12 +72,11 @@ def test_second_process_is_refused_sigterm_preempts_and_resume_finishes(long_run
     first = start_fmb(["train", *overrides], log=tmp_path / "first.log")
     try:
         wait_for(run_dir / "checkpoints" / "last.ckpt", first)
-        started = time.time()
         second = subprocess.run([sys.executable, "-m", "fmb", "train", *overrides], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=300)
         assert second.returncode == 2 and "in use by another fmb process" in second.stderr
         assert second.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in second.stderr
-        assert time.time() - started < 60  # refused at once, not after loading data
+        assert "run dir:" not in second.stderr  # refused at once: no data loaded, no model built
         first.send_signal(signal.SIGTERM)  # what SLURM sends at preemption and time limit
         assert first.wait(timeout=120) == 143
     finally:

@@ -133,7 +133,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(run_cli,
         train(load_config([str(run_dir / "config.yaml")], ["trainer.max_epochs=2"]), resume=run_dir)
     assert info.value.exit_code == 1
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    # The resume failed before its first checkpoint: the run's files are as they were (issue 14).
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert "loss became nan" in (run_dir / "error.log").read_text()
 
 
 def test_bad_inputs_through_the_cli(run_cli, image_folder, tmp_path):

@@ -140,18 +140,20 @@ LABEL_OFFSETS = [(5, 5), (5, -11), (-5, 5), (-5, -11), (5, 15), (5, -21), (-5, 1
 
 
 def place_labels(ax, xy: list[tuple], texts: list[str]) -> list:
-    """Annotate each point with its text where the label overlaps no label placed before it
-    (the first free offset of LABEL_OFFSETS; the last one if none is free)."""
+    """Annotate each point with its text where the label stays inside the axes and overlaps no
+    label placed before it (the first such offset of LABEL_OFFSETS; the last one if none is)."""
     fig = ax.figure
     fig.canvas.draw()  # a renderer, and the axis limits the points will have
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     placed, out = [], []
     for (x, y), text in sorted(zip(xy, texts), key=lambda item: (-item[0][1], item[0][0])):
         for dx, dy in LABEL_OFFSETS:
             ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
                               family="monospace", ha="left" if dx >= 0 else "right")
             box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(other) for other in placed) or (dx, dy) == LABEL_OFFSETS[-1]:
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if (inside and not any(box.overlaps(other) for other in placed)) or (dx, dy) == LABEL_OFFSETS[-1]:
                 placed.append(box)
                 out.append(ann)
                 break

@@ -22,7 +22,6 @@ from fmb.ablation.devices import describe_hardware, devices_per_trial
 from fmb.ablation.hparams import write_trial_hparams
 from fmb.ablation.runner import PROFILE_KEYS, make_record, profile_safely, train_trial
 from fmb.ablation.store import StudyDir
-from fmb.config.ablate import parse_slurm_time
 from fmb.utils import atomic_write_text
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
@@ -88,7 +87,7 @@ def make_executor(study, out: Path):
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=None if cfg["cluster"] == "slurm" else "local")
     gpus = cfg["gpus_per_trial"] if cfg["gpus_per_trial"] is not None else (
         devices_per_trial(study) if str((study.resolved.get("trainer") or {}).get("accelerator")) != "cpu" else 0)
-    params = {"timeout_min": parse_slurm_time(cfg["time"]), "gpus_per_node": gpus, "tasks_per_node": 1,
+    params = {"timeout_min": cfg["timeout_min"], "gpus_per_node": gpus, "tasks_per_node": 1,
               "nodes": 1, "cpus_per_task": cfg["cpus_per_trial"], "name": f"fmb-ablate-{out.name}",
               "slurm_array_parallelism": cfg["array_parallelism"]}
     for key in ("partition", "account", "qos", "constraint", "mem"):

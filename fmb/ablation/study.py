@@ -59,8 +59,8 @@ class Study:
         cfg = json.loads(json.dumps(self.train_yaml))  # deep copy of plain data
         model = cfg.setdefault("model", {})
         model.pop("blocks", None)  # the command line sets it per trial
-        # string keys: the schema types stage_overrides as dict[str, ...]
-        model["stage_overrides"] = {str(k): v for k, v in self.stage_overrides(placement).items()}
+        # integer stage numbers, as the schema types them (dict[int, ...]); `fmb train` rejects '1'
+        model["stage_overrides"] = {int(k): v for k, v in self.stage_overrides(placement).items()}
         return cfg
 
     def identity(self) -> dict:

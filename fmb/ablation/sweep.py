@@ -93,8 +93,8 @@ def _context(study: Study, records: list[dict]) -> list[str]:
     hardware = sorted({r["hardware"] for r in records if r.get("hardware")})
     if hardware and not study.profile_only:
         lines.append(f"trials trained on: {'; '.join(hardware)}")
-    lines.append(f"img/s: profile on {describe_hardware() if prof['device'] in ('auto', 'cpu') else prof['device']} "
-                 f"(device {prof['device']}), batch {prof['batch_size']}, {prof['resolution'] or size} px, "
+    lines.append(f"img/s: profile on {prof['device']} ({describe_hardware()}), batch {prof['batch_size']}, "
+                 f"{prof['resolution'] or size} px, "
                  f"{prof['precision']}, {prof['num_classes']} classes"
                  + ("; also params and GMACs" if study.profile_only else ""))
     differ = ["model.blocks (the placement)"]
@@ -365,7 +365,8 @@ def plan_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=
                                                           example.seed, run_dir),
                                  "config_yaml": OmegaConf.to_yaml(OmegaConf.create(study.trial_config(example.placement)))}
     if profile:
-        quick = {**study.ablate["profile"], "warmup": 1, "iters": 2}
+        prof = study.ablate["profile"]
+        quick = {**prof, "warmup": min(1, prof["warmup"]), "iters": min(2, prof["iters"])}
         probe = sorted({study.placements[0], study.placements[-1]})
         speeds = {}
         for p in probe:

@@ -29,34 +29,10 @@ class AblateProfileConfig:
             raise FmbError(f"invalid ablate.profile.device={self.device!r}; expected auto, cpu or cuda")
 
 
-def parse_slurm_time(value) -> int:
-    """'90' (minutes), 'H:MM:SS', 'D-HH:MM:SS' or 'MM:SS' (sbatch's --time forms) → whole minutes."""
-    text = str(value).strip()
-    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
-    parts = rest.split(":")
-    try:
-        numbers = [int(p) for p in parts]
-        d = int(days)
-    except ValueError:
-        numbers, d = [], 0
-    if not numbers or len(numbers) > 3 or any(n < 0 for n in numbers) or d < 0:
-        raise FmbError(f"invalid ablate.slurm.time={text!r}; expected minutes or H:MM:SS / D-HH:MM:SS, e.g. '4:00:00'")
-    if len(numbers) == 1:
-        minutes = numbers[0] if "-" not in text else numbers[0] * 60  # 'D-HH' is days and hours
-    elif len(numbers) == 2:
-        minutes = numbers[0] * 60 + numbers[1] if "-" in text else numbers[0] + (numbers[1] > 0)  # D-HH:MM | MM:SS
-    else:
-        minutes = numbers[0] * 60 + numbers[1] + (numbers[2] > 0)
-    minutes += d * 24 * 60
-    if minutes < 1:
-        raise FmbError(f"invalid ablate.slurm.time={text!r}; expected at least one minute")
-    return minutes
-
-
 @dataclass
 class AblateSlurmConfig:
     partition: Optional[str] = opt(None, "sbatch --partition; null = the cluster's default")
-    time: str = opt("4:00:00", "time limit per trial (minutes or H:MM:SS); a trial cut by it is requeued")
+    timeout_min: int = opt(240, "time limit per trial job in minutes (sbatch --time); a trial cut by it is requeued")
     gpus_per_trial: Optional[int] = opt(None, "GPUs per trial job; null = ablate.devices_per_trial")
     cpus_per_trial: int = opt(8, "CPU cores per trial job (data loading)")
     mem: Optional[str] = opt(None, "memory per trial job, e.g. 64G; null = the partition's default")
@@ -72,7 +48,8 @@ class AblateSlurmConfig:
                                                       "this machine, no cluster (tests, trying a study out)")
 
     def __post_init__(self):
-        parse_slurm_time(self.time)
+        check_number("ablate.slurm.timeout_min", self.timeout_min, low=1,
+                     expected="whole minutes >= 1, e.g. 150 (not 2:30:00: YAML reads that as seconds)")
         check_number("ablate.slurm.gpus_per_trial", self.gpus_per_trial, low=0, expected="an integer >= 0, or null")
         for key in ("cpus_per_trial", "array_parallelism"):
             check_number(f"ablate.slurm.{key}", getattr(self, key), low=1, expected="an integer >= 1")

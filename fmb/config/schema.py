@@ -15,7 +15,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from fmb.errors import FmbError, choice_error
 
@@ -72,11 +72,14 @@ class ModelConfig:
     padding: Literal["symmetric", "same"] = opt("symmetric", "same = TensorFlow padding, for tf_ weights")
     pretrained: Optional[str] = opt(None, "a torchvision / timm / fmb weights file to start from")
     sync_bn: Optional[bool] = opt(None, "SyncBatchNorm; null = on with several CUDA devices")
-    channels_last: bool = opt(False, "NHWC memory format")
-    compile: bool = opt(False, "torch.compile the forward pass")
+    channels_last: Union[bool, str] = opt("auto", "NHWC memory format; auto = on with CUDA or CPU bf16 (fmb/training/auto.py)")
+    compile: Union[bool, str] = opt("auto", "torch.compile the forward pass; auto = on with CUDA, off on CPU")
 
     def __post_init__(self):
         check_choices(self, "model")
+        for key in ("channels_last", "compile"):
+            if isinstance(getattr(self, key), str) and getattr(self, key) != "auto":
+                raise _bad(f"model.{key}", getattr(self, key), "true, false or auto")
         from fmb.models import build_stages
 
         if self.blocks is not None and not str(self.blocks).strip():
@@ -257,7 +260,7 @@ class RunConfig:
 
 
 def default_trainer() -> dict[str, Any]:
-    return {"max_epochs": 10, "accelerator": "auto", "devices": 1, "precision": "32-true", "log_every_n_steps": 10}
+    return {"max_epochs": 10, "accelerator": "auto", "devices": 1, "precision": "auto", "log_every_n_steps": 10}
 
 
 @dataclass

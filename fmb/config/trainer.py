@@ -26,7 +26,7 @@ TYPES = {
     "gradient_clip_val": ((int, float), "a number"),
     "fast_dev_run": ((bool, int), "true or a number of batches"),
     "devices": ((int, str, list), "a count, a list of ids, or 'auto'"),
-    "precision": ((int, str), "one of 32-true, 16-mixed, bf16-mixed, 64-true"),
+    "precision": ((int, str), "auto (fmb picks for the hardware) or one of 32-true, 16-mixed, bf16-mixed, 64-true"),
 }
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "deepspeed", "fsdp", "single_device",
               "ddp_find_unused_parameters_true")

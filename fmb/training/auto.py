@@ -1,9 +1,10 @@
 """`auto` settings: the fastest correct mode for the machine a run is on, decided once.
 
 `trainer.precision`, `trainer.accelerator`, `model.channels_last` and `model.compile` accept
-`auto` (the defaults). `decide(cfg)` turns each into a concrete value with a one-line reason;
-an explicit value is kept as given ("explicit"). The run prints the decisions once at start
-and saves them in summary.json under `auto`, and config.yaml holds the values that ran.
+`auto` (the defaults); torch's CPU thread count is decided too (OMP_NUM_THREADS wins).
+`decide(cfg)` turns each into a concrete value with a one-line reason; an explicit value is
+kept as given ("explicit"). The run prints the decisions once at start and saves them in
+summary.json under `auto`, and config.yaml holds the values that ran.
 
 What decides, and why:
 - accelerator: CUDA, else MPS, else CPU (what Lightning's `auto` picks; fmb needs to know it
@@ -20,6 +21,7 @@ What decides, and why:
   off on CPU and MPS, where a run of a few minutes would spend a large share of it compiling.
   With progressive learning the forward is compiled with dynamic shapes, so the image size
   changes at stage boundaries reuse one graph instead of recompiling per stage.
+- threads (CPU): the cores other processes leave free (see `threads`).
 """
 from __future__ import annotations
 
@@ -142,9 +144,9 @@ def accelerator(requested) -> Decision:
     return Decision("cpu", "no GPU found")
 
 
-def _device_type(accel: str) -> str:
-    accel = str(accel)
-    return "cuda" if accel in ("cuda", "gpu") else accel
+def _device_type(accel) -> str:
+    from fmb.training.distributed import _resolve_accelerator
+    return _resolve_accelerator(accel)
 
 
 def precision(requested, device: str) -> Decision:
@@ -179,6 +181,36 @@ def compile_(requested, device: str, progressive: bool) -> Decision:
     return Decision(False, f"{device}: compile time would be a large share of the run")
 
 
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_load() -> float:
+    """Runnable processes averaged over the last minute (other jobs on a shared machine)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def threads(device: str, devices) -> Decision:
+    """torch's intra-op threads on CPU: the cores other processes leave free.
+
+    OpenMP's parallel regions wait at a barrier for every thread; when another process holds
+    one of the cores, each of the thousands of small ops in a step waits for a scheduler slice.
+    On the shared 2-core machine this project is measured on, one thread trained V2-S 2-7x
+    faster than two while other jobs ran (README, Benchmarks). OMP_NUM_THREADS set by the
+    user wins.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return Decision(torch.get_num_threads(), "OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    if device != "cpu" or devices not in (1, "1", None, AUTO):
+        return Decision(torch.get_num_threads(), f"{device} with devices={devices}: torch's default")
+    cores, load = cpu_cores(), cpu_load()
+    free = max(1, min(cores, round(cores + 0.5 - load)))  # load counts fmb's own startup as ~0.5
+    return Decision(free, f"{cores} cores, load {load:.1f} from other processes: {free} free")
+
+
 def decide(cfg) -> dict[str, Decision]:
     """{key: Decision} for the run config `cfg` on this machine."""
     trainer = cfg.trainer
@@ -190,6 +222,7 @@ def decide(cfg) -> dict[str, Decision]:
         "trainer.precision": prec,
         "model.channels_last": channels_last(cfg.model.channels_last, device, str(prec.value)),
         "model.compile": compile_(cfg.model.compile, device, bool(cfg.progressive.enabled)),
+        "torch.threads": threads(device, trainer.get("devices", 1)),
     }
 
 
@@ -206,7 +239,9 @@ def apply(cfg, decisions: dict[str, Decision]) -> None:
     """Write the decided values into the config, so config.yaml holds what ran."""
     for key, decision in decisions.items():
         section, name = key.split(".")
-        if section == "trainer":
+        if section == "torch":
+            torch.set_num_threads(int(decision.value))
+        elif section == "trainer":
             if name in cfg.trainer or decision.requested == AUTO:
                 cfg.trainer[name] = decision.value
         else:
@@ -221,18 +256,3 @@ def record(decisions: dict[str, Decision]) -> dict:
 def describe(decisions: dict[str, Decision]) -> str:
     return "  auto: " + "; ".join(d.line(k) for k, d in decisions.items())
 
-
-def loader_options(workers: int, pin_memory, persistent_workers, device_cuda: bool | None = None) -> dict:
-    """pin_memory / persistent_workers / prefetch_factor for a DataLoader on this machine.
-
-    Pinned host memory only helps copies to a CUDA GPU. Persistent workers keep their
-    decoders and caches between epochs. Prefetch: Lightning's default 2 batches per worker
-    suffices on CPU, where the model is the bottleneck; with a GPU 4 batches per worker absorb
-    the jitter of decode times so the GPU does not wait.
-    """
-    cuda = cuda_available() if device_cuda is None else device_cuda
-    opts = {"pin_memory": bool(cuda if pin_memory is None else pin_memory),
-            "persistent_workers": workers > 0 if persistent_workers is None else bool(persistent_workers and workers)}
-    if workers > 0:
-        opts["prefetch_factor"] = 4 if cuda else 2
-    return opts

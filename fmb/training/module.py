@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from fmb.config import ModelConfig, TrainConfig, from_dict, to_dict
 from fmb.errors import FmbError
 from fmb.models import create_model
+from fmb.training.auto import model_settings
 from fmb.training.ema import WarmupEMAWeightAveraging
 from fmb.training.optim import build_optimizer, effective_lr, global_batch_size, lr_factor, param_groups
 
@@ -46,11 +47,15 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters({"config": to_dict(self.cfg), "num_classes": num_classes,
                                    "class_names": class_names, "bn_kwargs": bn_kwargs})
         self.model = create_model(**model_kwargs(self.cfg.model), num_classes=num_classes, **(bn_kwargs or {}))
-        if self.cfg.model.channels_last:
+        # `auto` values are decided for this machine (fmb train has already written them in).
+        self.channels_last, compile_model = model_settings(self.cfg)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Compile the forward only, kept out of the registered submodules so the state dict
-        # holds one copy of the weights, under `model.`.
-        self.__dict__["_compiled"] = torch.compile(self.model) if self.cfg.model.compile else None
+        # holds one copy of the weights, under `model.`. Progressive learning changes the image
+        # size per stage: dynamic shapes let one graph serve every stage instead of recompiling.
+        self.__dict__["_compiled"] = (torch.compile(self.model, dynamic=True if self.cfg.progressive.enabled else None)
+                                      if compile_model else None)
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
         self.val_raw_metrics = accuracy_metrics(num_classes).clone(prefix="val_raw/")
         self.select_metrics = accuracy_metrics(num_classes).clone(prefix="select/")
@@ -61,7 +66,7 @@ class ImageClassifier(L.LightningModule):
         self.images_per_sec: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.model.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.model if self._compiled is None else self._compiled)(x)
 

@@ -20,6 +20,7 @@ from fmb.config import TrainConfig, load_config, to_dict, to_yaml
 from fmb.data import ImageDataModule
 from fmb.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, FmbError, unwrap_worker_error, write_error
 from fmb.models import get_variant
+from fmb.training import auto
 from fmb.training.ema import WarmupEMAWeightAveraging
 from fmb.training.distributed import check_rank_shares, plan_devices
 from fmb.training.loggers import LogHyperparameters, run_loggers
@@ -66,12 +67,19 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, extra=()) -> list:
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks=()) -> L.Trainer:
-    """The Trainer the config asks for: Lightning resolves and checks accelerator and strategy."""
+    """The Trainer the config asks for: Lightning resolves and checks accelerator and strategy.
+
+    `auto` settings (precision, accelerator, channels_last, compile) are decided here for this
+    machine, printed once, written into `cfg` (so config.yaml holds what ran) and kept on the
+    trainer as `fmb_auto` for summary.json."""
+    decisions = auto.decide(cfg)
+    auto.apply(cfg, decisions)
+    rank_zero_print(auto.describe(decisions))
     options = {"enable_progress_bar": True, **cfg.trainer}
     if cfg.progressive.enabled or cfg.data.streaming:
         options.setdefault("reload_dataloaders_every_n_epochs", 1)  # new train loader per stage / stream epoch
     try:
-        return L.Trainer(
+        trainer = L.Trainer(
             **options,
             default_root_dir=str(run_dir),
             logger=run_loggers(run_dir, cfg.run),
@@ -82,6 +90,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks=()) -> L.Trainer:
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
         raise FmbError(f"invalid trainer settings: {str(exc).splitlines()[0]}") from None
+    trainer.fmb_auto = auto.record(decisions)
+    return trainer
 
 
 @dataclass
@@ -224,7 +234,9 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
     check_rank_shares(datamodule.split_sizes(), trainer.world_size, cfg.data.batch_size)
     cfg.data.image_size, cfg.data.eval_image_size = datamodule.image_size, datamodule.eval_image_size
     largest = max(datamodule.image_size, cfg.progressive.max_image_size or 0)
-    check_fits(cfg, largest, cfg.data.batch_size, trainer.strategy.root_device.type)  # before any work
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    device_type = "cuda" if isinstance(trainer.accelerator, CUDAAccelerator) else "cpu"
+    check_fits(cfg, largest, cfg.data.batch_size, device_type)  # before any work
 
     pretrained = _pretrained(cfg)
     module = ImageClassifier(cfg, datamodule.num_classes, datamodule.class_names,
@@ -363,6 +375,7 @@ def summarize(trainer, module, cfg, run_dir, status, error, started, global_batc
         "skipped_images": datamodule.skipped_images,
         "seed": cfg.run.seed,
         "slurm_job_id": _slurm_job(),
+        "auto": getattr(trainer, "fmb_auto", None),  # each auto setting: value, what was asked, why
     }
 
 

@@ -1,0 +1,143 @@
+"""`auto` settings (fmb/training/auto.py): each decision from monkeypatched hardware facts,
+explicit values winning, the CPU bf16 measurement cached, and the record in summary.json."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_train_overrides
+from fmb.config import load_config
+from fmb.errors import FmbError
+from fmb.training import auto
+
+
+@pytest.fixture
+def hardware(monkeypatch, tmp_path):
+    """Set the machine's facts: hardware(cuda=..., bf16=..., cpu_bf16=..., measured=(fp32_ms, bf16_ms))."""
+    monkeypatch.setenv("FMB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(auto, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(auto, "cpu_load", lambda: 0.0)
+    threads = torch.get_num_threads()
+    calls = []
+
+    def set_facts(cuda=False, bf16=False, cpu_bf16=False, measured=None):
+        monkeypatch.setattr(auto, "cuda_available", lambda: cuda)
+        monkeypatch.setattr(auto, "cuda_bf16", lambda: cuda and bf16)
+        monkeypatch.setattr(auto, "mps_available", lambda: False)
+        monkeypatch.setattr(auto, "cpu_native_bf16", lambda: cpu_bf16)
+
+        def step_ms(use_bf16, iters=3):
+            calls.append(use_bf16)
+            if measured is None:
+                raise AssertionError("measured without native bf16")
+            return measured[1] if use_bf16 else measured[0]
+        monkeypatch.setattr(auto, "_step_ms", step_ms)
+        return calls
+    yield set_facts
+    torch.set_num_threads(threads)  # a run sets the process's threads
+
+
+def decided(*overrides):
+    cfg = load_config([], list(overrides))
+    return {k: d.value for k, d in auto.decide(cfg).items() if k != "torch.threads"}, cfg
+
+
+def test_cuda_with_bf16_gets_bf16_channels_last_and_compile(hardware):
+    hardware(cuda=True, bf16=True)
+    values, _ = decided()
+    assert values == {"trainer.accelerator": "cuda", "trainer.precision": "bf16-mixed",
+                      "model.channels_last": True, "model.compile": True}
+
+
+def test_cuda_without_bf16_gets_fp16_mixed(hardware):
+    hardware(cuda=True, bf16=False)
+    assert decided()[0]["trainer.precision"] == "16-mixed"
+
+
+def test_cpu_without_native_bf16_stays_fp32_without_measuring(hardware):
+    calls = hardware(cpu_bf16=False)
+    values, _ = decided()
+    assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true",
+                      "model.channels_last": False, "model.compile": False}
+    assert calls == []
+
+
+def test_cpu_bf16_used_only_where_it_measures_faster_and_the_result_is_cached(hardware, tmp_path):
+    calls = hardware(cpu_bf16=True, measured=(100.0, 60.0))
+    values, _ = decided()
+    assert values["trainer.precision"] == "bf16-mixed" and values["model.channels_last"] is True
+    measured = len(calls)
+    assert measured and json.loads((tmp_path / "cache" / "cpu_bf16.json").read_text())
+    decided()
+    assert len(calls) == measured  # the cache answered
+
+    hardware(cpu_bf16=True, measured=(100.0, 95.0))  # not a clear win (cache keyed the same: clear it)
+    (tmp_path / "cache" / "cpu_bf16.json").unlink()
+    assert decided()[0]["trainer.precision"] == "32-true"
+
+
+def test_explicit_values_win(hardware):
+    hardware(cuda=True, bf16=True)
+    values, _ = decided("trainer.precision=32-true", "model.channels_last=false", "model.compile=false",
+                        "trainer.accelerator=cpu")
+    assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true",
+                      "model.channels_last": False, "model.compile": False}
+    hardware(cpu_bf16=False)
+    cfg = load_config([], ["model.channels_last=true", "trainer.precision=bf16-mixed"])
+    decisions = auto.decide(cfg)
+    assert decisions["model.channels_last"].value is True and decisions["trainer.precision"].value == "bf16-mixed"
+    assert decisions["model.channels_last"].requested is True
+
+
+def test_cpu_threads_are_the_cores_other_processes_leave_free(hardware, monkeypatch):
+    hardware()
+    cfg = load_config([], [])
+    assert auto.decide(cfg)["torch.threads"].value == 2  # quiet machine: every core
+    monkeypatch.setattr(auto, "cpu_load", lambda: 3.5)
+    assert auto.decide(cfg)["torch.threads"].value == 1  # other jobs hold the cores: one thread
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert auto.decide(cfg)["torch.threads"].requested == "2"  # the user's setting wins
+
+
+def test_apply_writes_the_decided_values_into_the_config(hardware):
+    hardware(cuda=True, bf16=True)
+    cfg = load_config([], ["progressive.enabled=true", "trainer.max_epochs=4"])
+    decisions = auto.decide(cfg)
+    assert "dynamic shapes" in decisions["model.compile"].reason  # progressive size changes, one graph
+    auto.apply(cfg, decisions)
+    assert cfg.trainer["precision"] == "bf16-mixed" and cfg.model.channels_last is True and cfg.model.compile is True
+
+
+def test_auto_is_the_default_and_other_words_are_refused():
+    cfg = load_config([], [])
+    assert cfg.model.channels_last == "auto" and cfg.model.compile == "auto" and cfg.trainer["precision"] == "auto"
+    with pytest.raises(FmbError, match="model.channels_last"):
+        load_config([], ["model.channels_last=sometimes"])
+
+
+def test_module_resolves_auto_itself(hardware, tiny):
+    hardware(cpu_bf16=False)
+    from fmb.training.module import ImageClassifier
+    cfg = load_config([], ["model.width_mult=0.25", "model.depth_mult=0.25"])
+    cfg.data.image_size = cfg.data.eval_image_size = 32
+    module = ImageClassifier(cfg, 3)
+    assert module.channels_last is False and module._compiled is None
+
+
+def test_run_prints_and_records_its_decisions(hardware, image_folder, tmp_path, capsys):
+    hardware(cpu_bf16=False)
+    from fmb.training.run import train
+    run_dir = tmp_path / "r"
+    summary = train(load_config([], tiny_train_overrides(image_folder, run_dir, **{"trainer.limit_train_batches": 1,
+                                                                                 "trainer.limit_val_batches": 1})))
+    saved = json.loads((run_dir / "summary.json").read_text())["auto"]
+    assert saved == summary["auto"]
+    assert saved["trainer.precision"] == {"value": "32-true", "requested": "auto",
+                                          "reason": auto.cpu_bf16_faster()[1]}
+    assert saved["model.channels_last"]["value"] is False and saved["torch.threads"]["value"] == 2
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).count("auto: trainer.accelerator=cpu") == 1  # once, at start
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())  # config.yaml holds what ran
+    assert config["trainer"]["precision"] == "32-true" and config["model"]["compile"] is False
