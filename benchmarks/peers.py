@@ -10,6 +10,13 @@ is faster) for:
   fast infer                        fmb fuse_bn + channels_last (+ bf16 autocast, + torch.compile
                                     with --compile) vs timm eager fp32
   train bf16 autocast + channels_last   fmb vs timm eager fp32
+  train auto                        fmb with the settings `fmb train` picks here (fmb/training/auto.py:
+                                    bf16 + channels_last only where the CPU has native bf16 and it
+                                    measures faster) vs timm eager fp32 and vs timm in the same
+                                    precision and format
+  infer fast auto                   fuse_bn + channels_last, bf16 where auto picks it, compiled with
+                                    --compile
+The load average is printed before and after: other jobs on a shared machine slow every figure.
 
     .venv/bin/python benchmarks/peers.py --resolution 128 --batch-size 16 --threads 2
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 
@@ -75,6 +83,13 @@ def race(contenders: dict, rounds: int, warmup: int, iters: int) -> dict:
     return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)} for n, t in times.items()}
 
 
+def auto_mode():
+    """(bf16, channels_last) that fmb's `auto` picks for training on this CPU."""
+    from fmb.training.auto import cpu_bf16_faster
+    bf16_faster, why = cpu_bf16_faster()
+    return bf16_faster, bf16_faster, why
+
+
 def bench_family(fmb_name, args, x, y):
     timm_name, tv_name = FAMILIES[fmb_name]
     torch.manual_seed(0)
@@ -83,15 +98,25 @@ def bench_family(fmb_name, args, x, y):
     xcl = x.contiguous(memory_format=torch.channels_last)
     fast = fuse_bn(fmb).to(memory_format=torch.channels_last)
     infer = {"fmb": infer_fn(fmb, x), **{k: infer_fn(m, x) for k, m in peers.items()},
-             "fmb fast fp32": infer_fn(fast, xcl), "fmb fast bf16": infer_fn(fast, xcl, bf16)}
+             "fmb fast fp32": infer_fn(fast, xcl)}
+    if not args.no_bf16:
+        infer["fmb fast bf16"] = infer_fn(fast, xcl, bf16)
+    use_bf16, use_cl, _ = auto_mode()
+    auto_ctx = bf16 if use_bf16 else contextlib.nullcontext
     if args.compile:
         compiled = torch.compile(fast)
-        infer["fmb fast bf16 compiled"] = infer_fn(compiled, xcl, bf16)
-        infer["fmb fast bf16 compiled"]()  # compile outside the race
+        infer["fmb fast auto compiled"] = infer_fn(compiled, xcl, auto_ctx)
+        infer["fmb fast auto compiled"]()  # compile outside the race
     res = {"infer": race(infer, args.rounds, args.warmup, args.iters)}
     fmb_cl = create_model(fmb_name).to(memory_format=torch.channels_last)
-    train = {"fmb": train_fn(fmb, x, y), **{k: train_fn(m, x, y) for k, m in peers.items()},
-             "fmb bf16 channels_last": train_fn(fmb_cl, xcl, y, bf16)}
+    train = {"fmb": train_fn(fmb, x, y), **{k: train_fn(m, x, y) for k, m in peers.items()}}
+    if not args.no_bf16:
+        train["fmb bf16 channels_last"] = train_fn(fmb_cl, xcl, y, bf16)
+    if use_bf16 or use_cl:  # auto differs from eager fp32 here: time it, and timm the same way
+        fmt = torch.channels_last if use_cl else torch.contiguous_format
+        xa = x.contiguous(memory_format=fmt)
+        train["fmb auto"] = train_fn(create_model(fmb_name).to(memory_format=fmt), xa, y, auto_ctx)
+        train["timm auto"] = train_fn(timm.create_model(timm_name).to(memory_format=fmt), xa, y, auto_ctx)
     res["train"] = race(train, args.rounds, args.warmup, args.iters)
     return res
 
@@ -105,6 +130,8 @@ def report(fmb_name, res):
             if name.startswith("fmb"):
                 line += (f"   x{rows['timm']['median_ms'] / r['median_ms']:.2f} vs timm eager fp32,"
                          f" x{peer_best / r['median_ms']:.2f} vs faster peer")
+            if name == "fmb auto" and "timm auto" in rows:
+                line += f", x{rows['timm auto']['median_ms'] / r['median_ms']:.2f} vs timm in the same mode"
             print(line)
 
 
@@ -118,8 +145,14 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--models", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--compile", action="store_true", help="also time torch.compile on the fast path")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="leave out the fixed bf16 contenders (slow where the CPU emulates bf16; 'auto' rows remain)")
     p.add_argument("--json", help="write all numbers here")
     args = p.parse_args()
+    use_bf16, use_cl, why = auto_mode()
+    print(f"auto here: train {'bf16' if use_bf16 else 'fp32'}{' channels_last' if use_cl else ''} ({why}); "
+          f"'fmb' rows in fp32 eager are then what `fmb train` runs")
+    print(f"load before: {os.getloadavg()}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.resolution, args.resolution)
@@ -131,6 +164,7 @@ def main():
     for name in args.models:
         results[name] = bench_family(name, args, x, y)
         report(name, results[name])
+    print(f"load after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

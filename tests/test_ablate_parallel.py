@@ -109,6 +109,7 @@ def test_devices_are_divided_between_concurrent_trials(tmp_path, monkeypatch):
     monkeypatch.setattr("fmb.ablation.devices.visible_gpus", lambda: [str(i) for i in range(8)])
     slots = plan_slots(study, pending=6)  # 8 GPUs, 2 per trial: 4 DDP trials at once
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0,1", "2,3", "4,5", "6,7"]
+    assert len({s.env["MASTER_PORT"] for s in slots}) == 4  # each DDP trial its own rendezvous port
     assert plan_slots(study, pending=3)[-1].env["CUDA_VISIBLE_DEVICES"] == "4,5"  # no more slots than trials
     study.ablate["jobs"] = 5
     with pytest.raises(FmbError, match="ablate.jobs <= 4"):

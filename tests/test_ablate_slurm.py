@@ -2,12 +2,16 @@
 (ablate.slurm.cluster=local): the same job code a SLURM array runs, without a cluster."""
 import json
 import os
+import shutil
 import signal
 import time
+
+import pytest
 
 from fmb.ablation import run_ablation
 from fmb.ablation.slurm import make_executor
 from fmb.ablation.study import load_study
+from fmb.errors import FmbError
 from test_ablate import _lines, _preset
 
 SLURM = ["ablate.launcher=slurm", "ablate.slurm.cluster=local", "ablate.slurm.timeout_min=10"]
@@ -74,3 +78,7 @@ def test_executor_options_come_from_the_config(tmp_path):
     assert params["timeout_min"] == 150 and params["gpus_per_node"] == 2 and params["tasks_per_node"] == 1
     assert params["slurm_partition"] == "gpu" and params["slurm_mem"] == "64G" and params["slurm_account"] == "lab"
     assert params["slurm_array_parallelism"] == 8 and folder == tmp_path / "study" / "slurm"
+    if shutil.which("srun") is None:  # on a machine without SLURM: one line that says what to do
+        study.ablate["slurm"]["cluster"] = "slurm"
+        with pytest.raises(FmbError, match="no SLURM"):
+            make_executor(study, tmp_path / "study")

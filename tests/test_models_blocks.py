@@ -90,7 +90,8 @@ def test_residual_only_at_stride_one_with_equal_width():
     block = MBConv(16, 16, expand_ratio=4).eval()
     with torch.no_grad():
         for bn in (block.bn3,):
-            bn.weight.zero_(); bn.bias.zero_()  # branch outputs 0: block is the identity
+            bn.weight.zero_()  # branch outputs 0: block is the identity
+            bn.bias.zero_()
         x = torch.randn(2, 16, 5, 5)
         assert torch.allclose(block(x), x)
 

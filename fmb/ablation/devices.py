@@ -66,8 +66,10 @@ def plan_slots(study, pending: int, cpu_count: int | None = None) -> list[Slot]:
                            f"are visible; expected ablate.jobs <= {fit} (or fewer devices per trial)")
         n = max(1, min(jobs or fit, pending or 1))
         threads = max(1, cpu_count // n)
+        ports = _free_ports(n) if per > 1 else [None] * n  # DDP trials side by side: one rendezvous port each
         return [Slot(f"cuda {','.join(gpus[i * per:(i + 1) * per])}",
                      {"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per:(i + 1) * per]),
+                      **({"MASTER_PORT": str(ports[i])} if ports[i] else {}),
                       **({v: str(threads) for v in THREAD_VARS} if n > 1 else {})}) for i in range(n)]
     n = max(1, min(jobs or 1, pending or 1))
     if n == 1:
@@ -75,6 +77,22 @@ def plan_slots(study, pending: int, cpu_count: int | None = None) -> list[Slot]:
     threads = max(1, cpu_count // n)
     return [Slot(f"cpu ×{threads} thread{'s' if threads > 1 else ''}", {v: str(threads) for v in THREAD_VARS})
             for _ in range(n)]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free right now (held open together, so the kernel cannot repeat one)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def cpu_model() -> str:
@@ -88,11 +106,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def describe_hardware(env: dict | None = None) -> str:
+def describe_hardware(env: dict | None = None, gpu: bool = True) -> str:
     """'2× NVIDIA H100 80GB HBM3' for a trial on GPUs, 'AMD EPYC 7B13 (2 cores)' on CPU."""
     env = env if env is not None else dict(os.environ)
     listed = env.get("CUDA_VISIBLE_DEVICES")
-    if listed != "":
+    if gpu and listed != "":
         try:
             import torch
 

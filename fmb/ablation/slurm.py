@@ -57,7 +57,7 @@ def run_trial_job(study, out: str, trial) -> str:
         env = _trial_env()
         fields, error = train_trial(study, trial, run_dir, env=env, resume=resume)
     record = make_record(trial, prof, fields, error, None if study.profile_only else run_dir, started,
-                         describe_hardware())
+                         describe_hardware(gpu=bool(executor_gpus(study))))
     if store.append(record):
         write_trial_hparams(Path(out), study, record)
     return record["status"]
@@ -79,15 +79,18 @@ class TrialJob(Checkpointable):
         return run_trial_job(self.study, self.out, self.trial)
 
 
-def make_executor(study, out: Path):
-    import submitit
+def executor_gpus(study) -> int:
+    cfg = study.ablate["slurm"]
+    if cfg["gpus_per_trial"] is not None:
+        return cfg["gpus_per_trial"]
+    return devices_per_trial(study) if str((study.resolved.get("trainer") or {}).get("accelerator")) != "cpu" else 0
 
+
+def executor_params(study, out: Path) -> tuple[Path, dict]:
+    """The submitit folder and parameters the config asks for (no cluster needed)."""
     cfg = study.ablate["slurm"]
     folder = Path(cfg["folder"] or out / "slurm")
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=None if cfg["cluster"] == "slurm" else "local")
-    gpus = cfg["gpus_per_trial"] if cfg["gpus_per_trial"] is not None else (
-        devices_per_trial(study) if str((study.resolved.get("trainer") or {}).get("accelerator")) != "cpu" else 0)
-    params = {"timeout_min": cfg["timeout_min"], "gpus_per_node": gpus, "tasks_per_node": 1,
+    params = {"timeout_min": cfg["timeout_min"], "gpus_per_node": executor_gpus(study), "tasks_per_node": 1,
               "nodes": 1, "cpus_per_task": cfg["cpus_per_trial"], "name": f"fmb-ablate-{out.name}",
               "slurm_array_parallelism": cfg["array_parallelism"]}
     for key in ("partition", "account", "qos", "constraint", "mem"):
@@ -97,10 +100,23 @@ def make_executor(study, out: Path):
         params["slurm_setup"] = list(cfg["setup"])
     if cfg["additional"]:
         params["slurm_additional_parameters"] = dict(cfg["additional"])
+    return folder, params
+
+
+def make_executor(study, out: Path):
+    import submitit
+
+    from fmb.errors import FmbError
+
+    folder, params = executor_params(study, out)
+    cluster = study.ablate["slurm"]["cluster"]
+    try:
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    except RuntimeError:
+        raise FmbError("ablate.launcher=slurm but this machine has no SLURM (no srun/sbatch); run fmb ablate on "
+                       "the cluster's login node, or set ablate.slurm.cluster=local to run the job code here") from None
     executor.update_parameters(**params)
     return executor, folder, params
-
-
 def read_jobs(out: Path) -> dict:
     try:
         return json.loads((out / "slurm" / JOBS_FILE).read_text())

@@ -93,7 +93,8 @@ def _context(study: Study, records: list[dict]) -> list[str]:
     hardware = sorted({r["hardware"] for r in records if r.get("hardware")})
     if hardware and not study.profile_only:
         lines.append(f"trials trained on: {'; '.join(hardware)}")
-    lines.append(f"img/s: profile on {prof['device']} ({describe_hardware()}), batch {prof['batch_size']}, "
+    lines.append(f"img/s: profile on {prof['device']} ({describe_hardware(gpu=prof['device'] != 'cpu')}), "
+                 f"batch {prof['batch_size']}, "
                  f"{prof['resolution'] or size} px, "
                  f"{prof['precision']}, {prof['num_classes']} classes"
                  + ("; also params and GMACs" if study.profile_only else ""))
@@ -265,7 +266,7 @@ def _run_local(study: Study, store: StudyDir, records: dict, out: Path, console:
                         continue
                     fields, error = finish_trial(study, proc, run_dir)
                     record = make_record(trial, profiles[trial.placement][0], fields, error, run_dir, started,
-                                         describe_hardware(slot.env))
+                                         describe_hardware(slot.env, gpu="CUDA_VISIBLE_DEVICES" in slot.env))
                     _record(store, out, study, record, records)
                     running.pop(trial_id)
                     progress.remove_task(line)
@@ -348,9 +349,9 @@ def plan_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=
             "trials": [t.trial_id for t in study.trials], "pending": [t.trial_id for t in pending],
             "finished": [t.trial_id for t in study.trials if t not in pending], "profile_only": study.profile_only}
     if study.ablate["launcher"] == "slurm" and not study.profile_only:
-        from fmb.ablation.slurm import make_executor
+        from fmb.ablation.slurm import executor_params
 
-        _, folder, params = make_executor(study, out)
+        folder, params = executor_params(study, out)
         plan.update(parallel=min(len(pending), params["slurm_array_parallelism"]) or 1,
                     where=f"one SLURM job per trial (array of {len(pending)}), logs in {folder}", slurm=params)
     else:
