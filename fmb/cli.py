@@ -23,6 +23,7 @@ class _App(typer.Typer):
 
     def __call__(self, *args, **kwargs):
         argv = list(args[0]) if args and args[0] is not None else sys.argv[1:]
+        debug_before = os.environ.get("FMB_DEBUG")  # --debug sets it for this call only (notebooks, tests)
         try:
             return super().__call__(*args, **kwargs)
         except FmbError as exc:
@@ -39,6 +40,11 @@ class _App(typer.Typer):
                       EXIT_FAILED, argv)
             _fail(f"{type(exc).__name__}: {describe_os_error(exc)} (rerun with --debug for the traceback)",
                   EXIT_FAILED, argv)
+        finally:
+            if debug_before is None:
+                os.environ.pop("FMB_DEBUG", None)
+            else:
+                os.environ["FMB_DEBUG"] = debug_before
 
 
 def _fail(message: str, code: int, argv) -> None:

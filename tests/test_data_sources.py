@@ -205,7 +205,7 @@ def test_val_fraction_outside_open_interval(tmp_path, fraction):
 
 def test_val_fraction_too_large_for_the_data(tmp_path):
     small_dataset(8).save_to_disk(str(tmp_path / "ds"))
-    with pytest.raises(FmbError, match="leaves an empty training or validation set"):
+    with pytest.raises(FmbError, match="leaves an empty training or held-out set"):
         module(tmp_path / "ds", tmp_path, val_fraction=0.99).setup()
 
 
