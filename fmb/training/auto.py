@@ -45,8 +45,9 @@ class Decision:
     requested: Any = AUTO
 
     def line(self, key: str) -> str:
-        how = "explicit" if self.requested != AUTO else "auto"
-        return f"{key}={self.value} ({how}: {self.reason})"
+        if self.requested != AUTO:
+            return f"{key}={self.value} (explicit)"
+        return f"{key}={self.value} (auto: {self.reason})"
 
 
 # --- hardware facts (each a function, so tests can monkeypatch them) -------------------

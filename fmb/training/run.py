@@ -72,6 +72,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks=()) -> L.Trainer:
     `auto` settings (precision, accelerator, channels_last, compile) are decided here for this
     machine, printed once, written into `cfg` (so config.yaml holds what ran) and kept on the
     trainer as `fmb_auto` for summary.json."""
+    devices = plan_devices(cfg.trainer, cfg.model.sync_bn)  # devices this machine lacks: one line, before anything
     decisions = auto.decide(cfg)
     auto.apply(cfg, decisions)
     rank_zero_print(auto.describe(decisions))
@@ -85,7 +86,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks=()) -> L.Trainer:
             logger=run_loggers(run_dir, cfg.run),
             callbacks=_callbacks(cfg, run_dir, callbacks),
             plugins=[AtomicCheckpointIO()],
-            sync_batchnorm=plan_devices(cfg.trainer, cfg.model.sync_bn).sync_bn,
+            sync_batchnorm=devices.sync_bn,
             deterministic=cfg.run.deterministic or None,
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
