@@ -69,6 +69,14 @@ def test_integer_and_string_labels_are_carved_too(tmp_path):
         shutil.rmtree(tmp_path / "plain")
 
 
+def test_a_class_label_with_one_class_in_use_is_refused(tmp_path):
+    images = [Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8))] * 8
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    datasets.Dataset.from_dict({"image": images, "label": [1] * 8}, features=features).save_to_disk(str(tmp_path / "cl"))
+    with pytest.raises(FmbError, match=r"has the same label \(b\); expected at least 2 classes in use"):
+        module(tmp_path / "cl", tmp_path).setup("fit")
+
+
 def test_one_class_is_refused(tmp_path):
     images = [Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8))] * 8
     datasets.Dataset.from_dict({"image": images, "label": [0] * 8}).save_to_disk(str(tmp_path / "one"))

@@ -134,6 +134,8 @@ class ImageDataModule(L.LightningDataModule):
             splits[role] = (as_image_column(hf, columns.image), split, None)
         if not d.streaming and not isinstance(train.features[columns.label], datasets.ClassLabel):
             splits, columns = _as_class_labels(splits, columns)
+        if not d.streaming:
+            _check_classes_in_use(train, columns, d)
         if "val" not in splits:
             splits.update(self._carve(splits["train"][0], columns))
         if d.holdout_fraction:  # for choosing checkpoints, so the reported split never chooses
@@ -301,6 +303,15 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
+
+
+def _check_classes_in_use(train, columns: Columns, d: DataConfig) -> None:
+    """A ClassLabel may name ten classes while every row holds one: nothing to tell apart."""
+    used = np.unique(np.asarray(train.select_columns([columns.label])[columns.label]))
+    if len(used) < 2:
+        name = columns.class_names[int(used[0])] if len(used) else "none"
+        raise FmbError(f"every example of split '{d.train_split}' of data.source '{d.source}' has the same label "
+                       f"({name}); expected at least 2 classes in use")
 
 
 def _pick_split(requested, usual, available, key) -> str | None:
