@@ -156,7 +156,8 @@ def train_cmd(
         from fmb.config.docs import commented_yaml
         typer.echo(commented_yaml(cfg), nl=False)
         return
-    from fmb.training.run import next_step_hint, train
+    from fmb.training.run import train
+    from fmb.training.summary import next_step_hint
 
     summary = train(cfg, resume=resume)
     from lightning.pytorch.utilities import rank_zero_only

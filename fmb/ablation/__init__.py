@@ -5,6 +5,7 @@ concurrent trial gets) → runner (one subprocess per trial) or slurm (one submi
 trial) → store (results.jsonl, resume, safe for concurrent writers) → report (table, paired
 statistics from stats, CSV, plots) and hparams (TensorBoard); sweep ties them together.
 """
-from fmb.ablation.sweep import AblationResult, format_plan, plan_ablation, run_ablation
+from fmb.ablation.dryrun import format_plan, plan_ablation
+from fmb.ablation.sweep import AblationResult, run_ablation
 
 __all__ = ["AblationResult", "format_plan", "plan_ablation", "run_ablation"]
