@@ -15,7 +15,7 @@ from fmb.training.module import ImageClassifier, accuracy_metrics
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    from fmb.training.rundir import read_checkpoint_file
+    from fmb.training.checkpoints import read_checkpoint_file
 
     path = Path(path)
     if path.is_dir():

@@ -30,10 +30,11 @@ from fmb.training.optim import global_batch_size
 from fmb.training.progress import PlainProgress
 from fmb.training.progressive import ProgressiveLearning
 from fmb.training.summary import slurm_job, summarize
+from fmb.training.checkpoints import check_resumable, checkpoint_step, read_checkpoint_file, resume_epoch
 from fmb.training.rundir import (
     RESUME_ENV, RUN_DIR_ENV, AtomicCheckpointIO, Preemption, RunLock, RunSnapshot, _started_by_lightning, branch_dir,
-    check_resumable, checkpoint_step, decide_run_dir, holds_run, read_checkpoint_file, read_summary, restart_command,
-    resume_epoch, resume_point, run_checkpoints, set_aside_failed_attempt, slurm_requeued, start_branch, trim_metrics,
+    decide_run_dir, holds_run, read_summary, restart_command, resume_point, run_checkpoints, set_aside_failed_attempt,
+    slurm_requeued, start_branch, trim_metrics,
 )
 from fmb.utils import atomic_write_text, rank_zero_print
 
