@@ -37,6 +37,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def writable_folder(path: Path) -> tuple[Path, str | None]:
+    """(the nearest folder that exists at or above `path`, what stops writing there or None):
+    a file where a folder must be, or a read-only place."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return folder, "file"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return folder, "read-only"
+    return folder, None
+
+
 def check_writable(path: Path, option: str) -> None:
     """Refuse an output path that cannot be written before any work is done: a directory
     where a file goes, a file where a folder must be, or a read-only place."""
@@ -45,12 +58,10 @@ def check_writable(path: Path, option: str) -> None:
     path = Path(path).expanduser()
     if path.is_dir():
         raise FmbError(f"{option} {path} is a directory; expected a file path such as {path / 'result.json'}")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    folder, problem = writable_folder(path.parent)
+    if problem == "file":
         raise FmbError(f"{option} {path}: {folder} is a file, not a folder; expected a path in a writable folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if problem == "read-only":
         raise FmbError(f"{option} {path}: the folder {folder} is not writable (read-only or no permission); "
                        "expected a path in a writable folder")
 

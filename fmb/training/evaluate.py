@@ -25,6 +25,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(hp, dict) or not ({"config", "model_kwargs"} & set(hp)) or "state_dict" not in ckpt:
         raise FmbError(f"{path} is not an fmb checkpoint (no model hyperparameters); expected a .ckpt written "
                        "by fmb train — for torchvision/timm weights use model.pretrained=PATH")
+    ckpt["hyper_parameters"] = _upgrade(hp)  # every caller reads today's shape
     return ckpt
 
 
@@ -41,12 +42,13 @@ def _upgrade(hp: dict) -> dict:
 
 
 def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
-    """Rebuild the LightningModule from its hyperparameters and load its weights.
+    """Rebuild the LightningModule from its hyperparameters (as `load_checkpoint` gives them)
+    and load its weights.
 
     With EMA, Lightning stores the averaged weights as `state_dict` and the raw ones as
     `current_model_state`; `ema=False` picks the raw ones.
     """
-    hp = _upgrade(dict(ckpt["hyper_parameters"]))
+    hp = ckpt["hyper_parameters"]
     config = from_dict(hp["config"])
     config.model.compile = False
     module = ImageClassifier(config, hp["num_classes"], hp.get("class_names"), bn_kwargs=hp.get("bn_kwargs"))
@@ -80,7 +82,7 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
         raise FmbError(f"--batch-size {batch_size}; expected 1 or more")
     ckpt = load_checkpoint(checkpoint)
     module = restore_module(ckpt, ema=ema).to(target)
-    hp = _upgrade(dict(ckpt["hyper_parameters"]))
+    hp = ckpt["hyper_parameters"]
     overrides = [f"data.{item.removeprefix('data.')}" for item in data_overrides or []]
     role = "val" if split == "val" else "test"
     if split not in ("val", "test"):

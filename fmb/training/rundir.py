@@ -22,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fmb.errors import FmbError, describe_os_error, write_error
+from fmb.utils import writable_folder
 
 RUN_DIR_ENV = "FMB_RUN_DIR"
 RESUME_ENV = "FMB_RESUME_CKPT"  # rank 0's checkpoint choice, for the ranks Lightning starts
@@ -99,12 +100,10 @@ def check_run_dir(run_dir: Path) -> None:
     """run.dir must be (or become) a writable directory: said before any work."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FmbError(f"run.dir {run_dir} is an existing file; expected a directory (choose another run.dir)")
-    folder = run_dir
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    folder, problem = writable_folder(run_dir)
+    if problem == "file":
         raise FmbError(f"run.dir {run_dir}: {folder} is a file, not a folder; choose another run.dir")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if problem == "read-only":
         raise FmbError(f"run.dir {run_dir} is not writable ({folder} is read-only or not yours); "
                        "choose another run.dir")
 
