@@ -44,11 +44,32 @@ def decided(*overrides):
     return {k: d.value for k, d in auto.decide(cfg).items() if k != "torch.threads"}, cfg
 
 
-def test_cuda_with_bf16_gets_bf16_channels_last_and_compile(hardware):
+def test_cuda_with_bf16_gets_bf16_and_channels_last(hardware):
     hardware(cuda=True, bf16=True)
     values, _ = decided()
-    assert values == {"trainer.accelerator": "cuda", "trainer.precision": "bf16-mixed",
-                      "model.channels_last": True, "model.compile": True}
+    assert values == {"trainer.accelerator": "cuda", "trainer.precision": "bf16-mixed", "model.channels_last": True}
+
+
+def test_compile_only_for_cuda_runs_long_enough_to_repay_it():
+    long, short = auto.COMPILE_MIN_STEPS, auto.COMPILE_MIN_STEPS - 1
+    assert auto.compile_("auto", "cuda", False, long).value is True
+    assert "static shapes" in auto.compile_("auto", "cuda", False, long).reason
+    assert "dynamic shapes" in auto.compile_("auto", "cuda", True, long).reason  # progressive: one graph
+    decision = auto.compile_("auto", "cuda", False, 600)  # the digits front door
+    assert decision.value is False and "600 training steps" in decision.reason
+    assert auto.compile_("auto", "cuda", False, None).value is False  # a stream: length unknown
+    assert auto.compile_("auto", "cpu", False, 10 * long).value is False
+    assert auto.compile_(True, "cpu", False, 1).line("model.compile") == "model.compile=True (explicit)"
+    assert short < long
+
+
+def test_planned_steps_count_as_lightning_does():
+    # 1617 images, 32 per step: 50 full batches (drop_last) per epoch, 12 epochs
+    assert auto.planned_steps(1617, 32, 1, {"max_epochs": 12}) == 600
+    assert auto.planned_steps(1617, 64, 2, {"max_epochs": 12}) == 25 * 12  # 50 batches of 32, 2 per step
+    assert auto.planned_steps(1617, 64, 1, {"max_epochs": 2, "max_steps": 30}) == 30  # the smaller limit
+    assert auto.planned_steps(None, 32, 1, {"max_epochs": 12}) is None  # a stream
+    assert auto.planned_steps(None, 32, 1, {"max_epochs": -1, "max_steps": 500}) == 500
 
 
 def test_cuda_without_bf16_gets_fp16_mixed(hardware):
@@ -59,8 +80,7 @@ def test_cuda_without_bf16_gets_fp16_mixed(hardware):
 def test_cpu_without_native_bf16_stays_fp32_without_measuring(hardware):
     calls = hardware(cpu_bf16=False)
     values, _ = decided()
-    assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true",
-                      "model.channels_last": False, "model.compile": False}
+    assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true", "model.channels_last": False}
     assert calls == []
 
 
@@ -82,8 +102,7 @@ def test_explicit_values_win(hardware):
     hardware(cuda=True, bf16=True)
     values, _ = decided("trainer.precision=32-true", "model.channels_last=false", "model.compile=false",
                         "trainer.accelerator=cpu")
-    assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true",
-                      "model.channels_last": False, "model.compile": False}
+    assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true", "model.channels_last": False}
     hardware(cpu_bf16=False)
     cfg = load_config([], ["model.channels_last=true", "trainer.precision=bf16-mixed"])
     decisions = auto.decide(cfg)
@@ -104,8 +123,7 @@ def test_cpu_threads_are_the_cores_other_processes_leave_free(hardware, monkeypa
 def test_apply_writes_the_decided_values_into_the_config(hardware):
     hardware(cuda=True, bf16=True)
     cfg = load_config([], ["progressive.enabled=true", "trainer.max_epochs=4"])
-    decisions = auto.decide(cfg)
-    assert "dynamic shapes" in decisions["model.compile"].reason  # progressive size changes, one graph
+    decisions = {**auto.decide(cfg), "model.compile": auto.compile_("auto", "cuda", True, 10**6)}
     auto.apply(cfg, decisions)
     assert cfg.trainer["precision"] == "bf16-mixed" and cfg.model.channels_last is True and cfg.model.compile is True
 
@@ -126,6 +144,21 @@ def test_module_resolves_auto_itself(hardware, tiny):
     assert module.channels_last is False and module._compiled is None
 
 
+def test_compiled_forward_serves_training_only(hardware, tiny):
+    """Evaluation stays eager: no-grad mode and a ragged last batch would each recompile."""
+    hardware(cpu_bf16=False)
+    from fmb.training.module import ImageClassifier
+    cfg = load_config([], ["model.width_mult=0.25", "model.depth_mult=0.25", "model.compile=false"])
+    cfg.data.image_size = cfg.data.eval_image_size = 32
+    module = ImageClassifier(cfg, 3)
+    module.__dict__["_compiled"] = lambda x: "compiled"  # stands in for torch.compile's wrapper
+    x = torch.randn(2, 3, 32, 32)
+    assert module.train()(x) == "compiled"
+    with torch.no_grad():
+        assert module(x).shape == (2, 3)
+    assert module.eval()(x).shape == (2, 3)
+
+
 def test_run_prints_and_records_its_decisions(hardware, image_folder, tmp_path, capsys):
     hardware(cpu_bf16=False)
     from fmb.training.run import train
@@ -137,6 +170,7 @@ def test_run_prints_and_records_its_decisions(hardware, image_folder, tmp_path, 
     assert saved["trainer.precision"] == {"value": "32-true", "requested": "auto",
                                           "reason": auto.cpu_bf16_faster()[1]}
     assert saved["model.channels_last"]["value"] is False and saved["torch.threads"]["value"] == 2
+    assert saved["model.compile"]["value"] is False  # decided once the data's size was known
     printed = capsys.readouterr()
     assert (printed.out + printed.err).count("auto: trainer.accelerator=cpu") == 1  # once, at start
     config = yaml.safe_load((run_dir / "config.yaml").read_text())  # config.yaml holds what ran

@@ -73,7 +73,7 @@ class ModelConfig:
     pretrained: Optional[str] = opt(None, "a torchvision / timm / fmb weights file to start from")
     sync_bn: Optional[bool] = opt(None, "SyncBatchNorm; null = on with several CUDA devices")
     channels_last: Union[bool, str] = opt("auto", "NHWC memory format; auto = on with CUDA or CPU bf16 (fmb/training/auto.py)")
-    compile: Union[bool, str] = opt("auto", "torch.compile the forward pass; auto = on with CUDA, off on CPU")
+    compile: Union[bool, str] = opt("auto", "torch.compile the training forward; auto = on with CUDA for runs of >= 10k steps")
 
     def __post_init__(self):
         check_choices(self, "model")

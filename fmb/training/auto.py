@@ -17,10 +17,14 @@ What decides, and why:
   $FMB_CACHE (default ~/.cache/fmb).
 - channels_last: on CUDA (cuDNN's NHWC kernels under mixed precision) and with bf16 on a CPU
   (oneDNN's bf16 convs are NHWC); off for fp32 on CPU and MPS.
-- compile: torch.compile on CUDA, where fused kernels pay back the compile time within a run;
-  off on CPU and MPS, where a run of a few minutes would spend a large share of it compiling.
-  With progressive learning the forward is compiled with dynamic shapes, so the image size
-  changes at stage boundaries reuse one graph instead of recompiling per stage.
+- compile: torch.compile of the training forward on CUDA, for runs long enough to repay it
+  (`COMPILE_MIN_STEPS`); off on CPU and MPS, and for short runs. Measured on an H200 (README,
+  GPU): compiling V2-S's forward and backward took ~70 s, and on the digits front door (batch
+  32, 32 px, launch-bound) the compiled step was 72 ms against 80 ms eager, so the 600-step
+  run would have spent far more compiling than it saved. The step count is known once the
+  data is loaded, so this decision is made then (`compile_`), after the others. With
+  progressive learning the forward is compiled with dynamic shapes, so the image size changes
+  at stage boundaries reuse one graph instead of recompiling per stage.
 - threads (CPU): the cores other processes leave free (see `threads`).
 """
 from __future__ import annotations
@@ -36,6 +40,9 @@ from typing import Any
 import torch
 
 AUTO = "auto"
+# Training steps from which torch.compile pays on CUDA: ~70 s of compile at a saving of ~8 ms
+# per step (launch-bound, measured on an H200) breaks even near 9k steps; larger images save more.
+COMPILE_MIN_STEPS = 10_000
 
 
 @dataclass
@@ -173,13 +180,33 @@ def channels_last(requested, device: str, prec: str) -> Decision:
     return Decision(False, f"{device} {prec}: NCHW is as fast or faster")
 
 
-def compile_(requested, device: str, progressive: bool) -> Decision:
+def compile_(requested, device: str, progressive: bool, train_steps: int | None) -> Decision:
+    """`train_steps`: optimizer steps the run will take (None: not known, e.g. a stream or a
+    module built outside `fmb train`)."""
     if requested != AUTO:
         return Decision(bool(requested), "explicit", requested)
-    if device == "cuda":
-        shapes = "dynamic shapes across progressive stages" if progressive else "static shapes"
-        return Decision(True, f"CUDA: fused kernels repay the compile time ({shapes})")
-    return Decision(False, f"{device}: compile time would be a large share of the run")
+    if device != "cuda":
+        return Decision(False, f"{device}: compile time would be a large share of the run")
+    if train_steps is None:
+        return Decision(False, "CUDA, run length unknown: compile pays only on long runs")
+    if train_steps < COMPILE_MIN_STEPS:
+        return Decision(False, f"CUDA: {train_steps} training steps would not repay ~1 min of compile "
+                               f"(from {COMPILE_MIN_STEPS} steps)")
+    shapes = "dynamic shapes across progressive stages" if progressive else "static shapes"
+    return Decision(True, f"CUDA: {train_steps} training steps repay the compile time ({shapes})")
+
+
+def planned_steps(train_images: int | None, global_batch: int, accumulate: int, trainer_cfg) -> int | None:
+    """Optimizer steps the run will take (as Lightning counts them; drop_last in training)."""
+    max_steps = trainer_cfg.get("max_steps") or -1
+    max_epochs = trainer_cfg.get("max_epochs")
+    by_epochs = None
+    if train_images is not None and max_epochs not in (None, -1):
+        batches = max(1, train_images // max(1, global_batch // accumulate))
+        by_epochs = max(1, -(-batches // accumulate)) * max_epochs
+    if max_steps > 0:
+        return max_steps if by_epochs is None else min(max_steps, by_epochs)
+    return by_epochs
 
 
 def cpu_cores() -> int:
@@ -213,7 +240,8 @@ def threads(device: str, devices) -> Decision:
 
 
 def decide(cfg) -> dict[str, Decision]:
-    """{key: Decision} for the run config `cfg` on this machine."""
+    """{key: Decision} for the run config `cfg` on this machine; `model.compile` is decided
+    once the run's length is known (`compile_`)."""
     trainer = cfg.trainer
     accel = accelerator(trainer.get("accelerator", AUTO))
     device = _device_type(accel.value)
@@ -222,7 +250,6 @@ def decide(cfg) -> dict[str, Decision]:
         "trainer.accelerator": accel,
         "trainer.precision": prec,
         "model.channels_last": channels_last(cfg.model.channels_last, device, str(prec.value)),
-        "model.compile": compile_(cfg.model.compile, device, bool(cfg.progressive.enabled)),
         "torch.threads": threads(device, trainer.get("devices", 1)),
     }
 
@@ -232,8 +259,11 @@ def model_settings(cfg) -> tuple[bool, bool]:
     is decided for the accelerator the config names (a module built outside `fmb train`)."""
     if cfg.model.channels_last != AUTO and cfg.model.compile != AUTO:
         return bool(cfg.model.channels_last), bool(cfg.model.compile)
-    d = decide(cfg)
-    return d["model.channels_last"].value, d["model.compile"].value
+    device = _device_type(accelerator(cfg.trainer.get("accelerator", AUTO)).value)
+    compiled = compile_(cfg.model.compile, device, bool(cfg.progressive.enabled), None).value
+    if cfg.model.channels_last != AUTO:
+        return bool(cfg.model.channels_last), compiled
+    return decide(cfg)["model.channels_last"].value, compiled
 
 
 def apply(cfg, decisions: dict[str, Decision]) -> None:

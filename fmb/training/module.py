@@ -51,9 +51,11 @@ class ImageClassifier(L.LightningModule):
         self.channels_last, compile_model = model_settings(self.cfg)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # Compile the forward only, kept out of the registered submodules so the state dict
-        # holds one copy of the weights, under `model.`. Progressive learning changes the image
-        # size per stage: dynamic shapes let one graph serve every stage instead of recompiling.
+        # Compile the training forward only, kept out of the registered submodules so the state
+        # dict holds one copy of the weights, under `model.`. Progressive learning changes the
+        # image size per stage: dynamic shapes let one graph serve every stage instead of
+        # recompiling. Evaluation runs eager: no-grad mode and a ragged last batch would each cost
+        # a recompile (~30 s each for V2-S on an H200) for a few batches per epoch.
         self.__dict__["_compiled"] = (torch.compile(self.model, dynamic=True if self.cfg.progressive.enabled else None)
                                       if compile_model else None)
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
@@ -68,7 +70,8 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return (self.model if self._compiled is None else self._compiled)(x)
+        compiled = self._compiled is not None and self.training and torch.is_grad_enabled()
+        return (self._compiled if compiled else self.model)(x)
 
     def loss(self, logits, targets):
         # Works for class indices and for MixUp/CutMix soft targets alike.

@@ -240,6 +240,13 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
     from lightning.pytorch.accelerators import CUDAAccelerator
     device_type = "cuda" if isinstance(trainer.accelerator, CUDAAccelerator) else "cpu"
     check_fits(cfg, largest, cfg.data.batch_size, device_type)  # before any work
+    global_batch = global_batch_size(cfg.data.batch_size, trainer)
+    steps = auto.planned_steps(datamodule.split_sizes()["train"], global_batch, trainer.accumulate_grad_batches,
+                               cfg.trainer)
+    compiled = {"model.compile": auto.compile_(cfg.model.compile, device_type, bool(cfg.progressive.enabled), steps)}
+    auto.apply(cfg, compiled)  # decided now the run's length is known
+    rank_zero_print(auto.describe(compiled))
+    trainer.fmb_auto.update(auto.record(compiled))
 
     pretrained = _pretrained(cfg)
     module = ImageClassifier(cfg, datamodule.num_classes, datamodule.class_names,
@@ -250,7 +257,6 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
     if claim.ckpt is not None:
         check_resumable(read_checkpoint_file(claim.ckpt, mmap=True), claim.ckpt, module)
 
-    global_batch = global_batch_size(cfg.data.batch_size, trainer)
     claim.committed = claim.snapshot is None  # a fresh run (or a branch) owns its files from the start
 
     def commit(_path=None):
