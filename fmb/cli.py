@@ -185,6 +185,7 @@ def eval_cmd(
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per batch (default: the run's)."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader workers (default: the run's)."),
+    devices: int = typer.Option(1, "--devices", help="Devices (DDP processes, through Lightning) sharing the split."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON here."),
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Write a confusion-matrix PNG here."),
 ):
@@ -193,9 +194,13 @@ def eval_cmd(
 
     check_outputs(json=json_path, confusion=confusion)
     result = evaluate(checkpoint, split=split, data_overrides=data, resolution=resolution, ema=ema, device=device,
-                      precision=precision, batch_size=batch_size, num_workers=num_workers)
+                      precision=precision, batch_size=batch_size, num_workers=num_workers, devices=devices)
+    from lightning.pytorch.utilities import rank_zero_only
+    if rank_zero_only.rank != 0:  # with --devices N every rank holds the same result; report once
+        return
     table = Table(title=f"{checkpoint} — {result.get('split_name', split)} ({result['examples']} images, "
-                        f"{result.get('weights', 'raw')} weights, {result.get('device', 'cpu')})", box=box.SIMPLE_HEAD)
+                        f"{result['weights']} weights, {result['device']}"
+                        f"{' ×' + str(result['devices']) if result['devices'] > 1 else ''})", box=box.SIMPLE_HEAD)
     for col in ("class", "accuracy", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in result["per_class"]:

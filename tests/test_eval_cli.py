@@ -2,6 +2,10 @@
 silent fall-back), --device/--precision/--batch-size, and a JSON that says what was evaluated;
 run directories record absolute data paths so eval works from any directory."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +13,8 @@ import torch
 from fmb.config import load_config
 from fmb.errors import FmbError
 from fmb.training.evaluate import evaluate
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_missing_test_split_is_one_line_listing_the_splits(run_cli, tiny_checkpoint):
@@ -69,3 +75,34 @@ def test_relative_data_path_is_recorded_absolute(tiny_checkpoint, tmp_path, monk
     glob_cfg = load_config([], ["data.source=./images/*/0.png"])
     assert glob_cfg.data.source == str(images / "*" / "0.png")
     assert load_config([], ["data.source=uoft-cs/cifar10"]).data.source == "uoft-cs/cifar10"  # hub ids stay
+
+
+def test_devices_must_be_a_count_and_one_named_gpu_is_one_device(tiny_checkpoint):
+    ckpt, _, _ = tiny_checkpoint
+    with pytest.raises(FmbError, match="--devices 0; expected a whole number"):
+        evaluate(ckpt, device="cpu", devices=0)
+    if torch.cuda.is_available():
+        with pytest.raises(FmbError, match="names one GPU but --devices 2"):
+            evaluate(ckpt, device="cuda:0", devices=2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two CPU processes need two cores")
+def test_eval_over_two_processes_counts_every_image_once(tiny_checkpoint, tmp_path):
+    """`--devices 2` through Lightning's DDP (two CPU processes, gloo): each rank scores its share,
+    never a padded repeat, and the reduced result is the single-process one."""
+    ckpt, _, _ = tiny_checkpoint
+    out = tmp_path / "eval.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for var in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "FMB_RUN_DIR"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-m", "fmb", "eval", str(ckpt), "--device", "cpu", "--devices", "2",
+                           "--batch-size", "2", "--json", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("top-1") == 1  # rank 0 reports, once
+    both, one = json.loads(out.read_text()), evaluate(ckpt, device="cpu", batch_size=2)
+    assert both["devices"] == 2 and both["images"] == one["images"] == 9  # 5 + 4, not 5 + 5
+    assert both["confusion_matrix"] == one["confusion_matrix"]
+    assert both["top1"] == pytest.approx(one["top1"]) and both["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert [c["support"] for c in both["per_class"]] == [c["support"] for c in one["per_class"]]

@@ -4,8 +4,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from fmb.config import TrainConfig, from_dict
@@ -63,9 +65,12 @@ def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
 
 def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list[str] | None = None,
              resolution: int | None = None, ema: bool = True, batch_size: int | None = None,
-             device: str = "auto", precision: str = "fp32", num_workers: int | None = None) -> dict:
-    """Evaluate on the run's own data (or with `data_overrides`, `key=value` items of data.*),
-    single process: exact counts, no padding.
+             device: str = "auto", precision: str = "fp32", num_workers: int | None = None,
+             devices: int = 1) -> dict:
+    """Evaluate on the run's own data (or with `data_overrides`, `key=value` items of data.*)
+    through Lightning's `validate`/`test`: exact counts, no padding, on one device or, with
+    `devices` > 1, as that many DDP processes (each scores its share of the images, never a
+    repeat; torchmetrics sums the counts over ranks, so every rank returns the same result).
 
     `split` is `val` (the run's validation split, carved or named), `test`, or any split name
     of the source (e.g. `train`). A split the source lacks is an error listing those it has —
@@ -74,14 +79,16 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
     weights (`weights`: "ema" or "raw")."""
     import os
 
-    from fmb.inference.device import autocast, check_precision, resolve_device
+    from fmb.inference.device import check_precision, resolve_device
 
     target = resolve_device(device)
     precision = check_precision(precision, target)
     if batch_size is not None and batch_size < 1:
         raise FmbError(f"--batch-size {batch_size}; expected 1 or more")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise FmbError(f"--devices {devices}; expected a whole number of devices, 1 or more")
     ckpt = load_checkpoint(checkpoint)
-    module = restore_module(ckpt, ema=ema).to(target)
+    module = restore_module(ckpt, ema=ema)
     hp = ckpt["hyper_parameters"]
     overrides = [f"data.{item.removeprefix('data.')}" for item in data_overrides or []]
     role = "val" if split == "val" else "test"
@@ -114,28 +121,13 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
     split_name = datamodule._splits[role][1] if datamodule._splits else role
     if role == "val" and split_name == cfg.data.train_split and cfg.data.val_split is None:
         split_name = f"{split_name} (held-out {cfg.data.val_fraction:g} for validation)"
-    loader = datamodule.loader(role)
-
-    metrics = accuracy_metrics(num_classes).to(target)
-    per_class = MulticlassAccuracy(num_classes, average=None).to(target)
-    confusion = MulticlassConfusionMatrix(num_classes).to(target)
-    loss_sum, count = 0.0, 0
-    with torch.inference_mode():
-        for images, labels in loader:
-            images, labels = images.to(target, non_blocking=True), labels.to(target, non_blocking=True)
-            with autocast(precision, target):
-                logits = module(images)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            count += labels.numel()
-            metrics.update(logits, labels)
-            per_class.update(logits, labels)
-            confusion.update(logits, labels)
+    scorer = _Scorer(module, num_classes)
+    _run_lightning(scorer, datamodule, role, target, devices, precision)
+    count = scorer.result["count"] if scorer.result else 0
     if count == 0:
         raise FmbError(f"the {split} split is empty; nothing to evaluate")
-    scores = {k: float(v) for k, v in metrics.compute().items()}
+    scores, matrix = scorer.result["scores"], scorer.result["confusion"]
     names = list(hp.get("class_names") or range(num_classes))
-    matrix = confusion.compute().cpu()
     weights = "ema" if ema and "current_model_state" in ckpt else "raw"
     return {
         "checkpoint": os.path.abspath(checkpoint),
@@ -146,18 +138,79 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
         "examples": count,
         "top1": scores["top1"],
         "top5": scores.get("top5"),
-        "loss": loss_sum / count,
+        "loss": scorer.result["loss_sum"] / count,
         "weights": weights,
         "ema": weights == "ema",
         "device": str(target),
+        "devices": devices,
         "precision": precision,
         "batch_size": cfg.data.batch_size,
         "eval_image_size": datamodule.eval_image_size,
         "skipped_images": datamodule.skipped_images,
         "per_class": [{"class": str(n), "accuracy": float(a), "support": int(matrix[i].sum())}
-                      for i, (n, a) in enumerate(zip(names, per_class.compute().cpu()))],
+                      for i, (n, a) in enumerate(zip(names, scorer.result["per_class"]))],
         "confusion_matrix": matrix.tolist(),
     }
+
+
+class _Scorer(L.LightningModule):
+    """What `evaluate` reports, counted in Lightning's validation/test loop. Each metric is a
+    torchmetrics state, so with several DDP ranks `compute()` sums them over the ranks."""
+
+    def __init__(self, model: ImageClassifier, num_classes: int):
+        super().__init__()
+        self.model = model
+        self.metrics = accuracy_metrics(num_classes)
+        self.per_class = MulticlassAccuracy(num_classes, average=None)
+        self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.loss_sum, self.count = SumMetric(), SumMetric()
+        self.result: dict | None = None
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx:  # the run's held-out selection set (data.holdout_fraction): not this split
+            return
+        images, labels = batch
+        logits = self.model(images).float()
+        self.loss_sum.update(F.cross_entropy(logits, labels, reduction="sum"))
+        self.count.update(labels.numel())
+        self.metrics.update(logits, labels)
+        self.per_class.update(logits, labels)
+        self.confusion.update(logits, labels)
+
+    test_step = validation_step
+
+    def on_validation_epoch_end(self):
+        self.result = {"scores": {k: float(v) for k, v in self.metrics.compute().items()},
+                       "loss_sum": float(self.loss_sum.compute()), "count": int(self.count.compute()),
+                       "per_class": self.per_class.compute().cpu().tolist(),
+                       "confusion": self.confusion.compute().cpu()}
+
+    on_test_epoch_end = on_validation_epoch_end
+
+
+PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+
+def _run_lightning(scorer: _Scorer, datamodule: ImageDataModule, role: str, target: torch.device,
+                   devices: int, precision: str) -> None:
+    """One pass over the split with Lightning: DDP over `devices` processes when more than one
+    (Lightning starts the others by running the same command again)."""
+    import logging
+
+    if target.index is not None and devices > 1:
+        raise FmbError(f"--device {target} names one GPU but --devices {devices} asks for several; "
+                       f"expected --device cuda with --devices {devices}")
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # "GPU available: ..." lines are noise in an eval report
+    try:
+        trainer = L.Trainer(accelerator=target.type, devices=[target.index] if target.index is not None else devices,
+                            strategy="ddp" if devices > 1 else "auto", precision=PRECISION[precision],
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, use_distributed_sampler=False)
+        (trainer.validate if role == "val" else trainer.test)(scorer, datamodule=datamodule, verbose=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def _source_splits(cfg: TrainConfig) -> list[str] | None:
