@@ -173,6 +173,30 @@ def test_ctrl_c_before_the_first_checkpoint_is_not_a_dead_end(image_folder, tmp_
     assert list((run_dir / "failed-attempts").glob("*/config.yaml"))  # the dead attempt kept aside
 
 
+def test_sigterm_that_breaks_other_code_first_is_still_a_preemption(image_folder, tmp_path, run_cli, monkeypatch):
+    """On the GPU, SIGTERM from a time limit landed inside torch.compile and surfaced as a
+    TorchRuntimeError (and once as a killed DataLoader worker): still a preemption, with its
+    exit code and a checkpoint to resume from, not a failed run."""
+    from fmb.errors import EXIT_PREEMPTED
+    from fmb.training.module import ImageClassifier
+
+    run_dir = tmp_path / "run"
+    honest = ImageClassifier.training_step
+
+    def signalled(self, batch, batch_idx):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler only notes it...
+            raise RuntimeError("RuntimeError when making fake tensor call")  # ...and this comes first
+        return honest(self, batch, batch_idx)
+    monkeypatch.setattr(ImageClassifier, "training_step", signalled)
+    stopped = run_cli("train", *tiny_train_overrides(image_folder, run_dir))
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr
+    assert "run preempted (SIGTERM)" in stopped.stderr and "--resume" in stopped.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "preempted"
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+
+
 def test_resume_from_an_older_checkpoint_branches_and_leaves_the_run_alone(image_folder, tmp_path, run_cli):
     run_dir = tmp_path / "run"
     assert run_cli("train", *tiny_train_overrides(image_folder, run_dir)).returncode == 0

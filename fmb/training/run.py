@@ -279,21 +279,21 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
         if trainer.interrupted:
             status = "interrupted"
     except SIGTERMException:
-        status = "preempted"
-        failure = FmbError(f"run preempted (SIGTERM){' and requeued by SLURM' if slurm_job() else ''}: "
-                           f"checkpoint of step {trainer.global_step} saved in {run_dir / 'checkpoints' / 'last.ckpt'}; "
-                           f"continue with: fmb train --resume {run_dir}", EXIT_PREEMPTED)
+        status, failure = "preempted", _preempted(trainer, run_dir)
     except FmbError as exc:
         status, error = "failed", str(unwrap_worker_error(exc))
         _write_error_log(run_dir, trainer)
         raise
     except Exception as exc:  # noqa: BLE001 - a crash mid-run is reported as a failed run, in one line
-        status, error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         _write_error_log(run_dir, trainer)
-        if os.environ.get("FMB_DEBUG"):
-            raise
-        raise FmbError(f"run failed in {run_dir}: {error} (traceback in {run_dir / 'error.log'})",
-                       exit_code=EXIT_FAILED) from exc
+        if trainer.received_sigterm:  # SIGTERM broke something on its way (e.g. torch.compile's workers)
+            status, failure = "preempted", _preempted(trainer, run_dir)
+        else:
+            status, error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if os.environ.get("FMB_DEBUG"):
+                raise
+            raise FmbError(f"run failed in {run_dir}: {error} (traceback in {run_dir / 'error.log'})",
+                           exit_code=EXIT_FAILED) from exc
     except BaseException:  # Ctrl-C: Lightning turns it into SystemExit (and ignores SIGINT from then on)
         status = "interrupted"
         if threading.current_thread() is threading.main_thread():
@@ -308,6 +308,12 @@ def _train(cfg: TrainConfig, claim: _Claim, callbacks) -> dict:
     if failure is not None:
         raise failure
     return summary
+
+
+def _preempted(trainer: L.Trainer, run_dir: Path) -> FmbError:
+    return FmbError(f"run preempted (SIGTERM){' and requeued by SLURM' if slurm_job() else ''}: "
+                    f"checkpoint of step {trainer.global_step} saved in {run_dir / 'checkpoints' / 'last.ckpt'}; "
+                    f"continue with: fmb train --resume {run_dir}", EXIT_PREEMPTED)
 
 
 def _finish(run_dir: Path, summary: dict, committed: bool) -> None:

@@ -290,6 +290,8 @@ class Preemption(Callback):
         self.saved = False
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+        # Lightning raises SIGTERMException at its next check; a signal that lands inside other
+        # code (torch.compile's worker pool, a DataLoader worker) can surface as another error.
+        if (isinstance(exception, SIGTERMException) or trainer.received_sigterm) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
             self.saved = True
