@@ -5,15 +5,17 @@ N workers on N free cores delivers about N times as much. Each image is a JPEG (
 500x375, quality 90, smooth content) decoded and augmented as fmb's train loader does
 (RandomResizedCrop bicubic + flip, uint8 out; the collate normalizes whole batches). Contenders,
 alternated round by round, median over rounds:
-  PIL          fmb's path: PIL decode (fmb.data.transforms.decode_image) → transforms on PIL
-  decode_jpeg  torchvision.io.decode_jpeg → the same transforms on the uint8 tensor
+  PIL          PIL decode → transforms on PIL (fmb's path for JPEGs before this benchmark)
+  decode_jpeg  fmb's path now (fmb.data.transforms.decode_image): torchvision.io.decode_jpeg →
+               the same transforms on the uint8 tensor
   PIL draft    PIL's JPEG DCT scaling (Image.draft) to the smallest scale that still covers the
                largest crop at full resolution, then the same transforms
 
-GPU side (no GPU was lent when this was written): published EfficientNetV2-S training
+GPU side: by default published EfficientNetV2-S training
 throughput, timm's benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv (huggingface/pytorch-image-models,
 results/): 559 img/s at 288 px, batch 128, AMP, channels_last, RTX 3090; scaled to other sizes
-by pixel count. Pass --gpu-img-s and --gpu-size to use your own measurement.
+by pixel count. Pass --gpu-img-s and --gpu-size to use your own measurement (README's H200
+column is benchmarks/gpu_peers.py's figure per size, divided by the per-core rates here).
 
     .venv/bin/python benchmarks/loader_per_core.py --images 64 --rounds 3
 """
@@ -34,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fmb.data.transforms import build_train_transform, decode_image  # noqa: E402
+from fmb.data.transforms import build_train_transform, decode_image, to_rgb  # noqa: E402
 
 PUBLISHED = (559.15, 288, "timm results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv, efficientnetv2_s")
 
@@ -53,15 +55,15 @@ def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
 
 
 def pil_path(transform):
-    return lambda data: transform(decode_image({"bytes": data}))
+    def run(data):
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return transform(to_rgb(image))
+    return run
 
 
 def decode_jpeg_path(transform):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    def run(data):
-        return transform(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB))
-    return run
+    return lambda data: transform(decode_image({"bytes": data}))  # fmb's path: torchvision's decode_jpeg
 
 
 def draft_path(transform, size: int, crop_scale_min: float):

@@ -1,11 +1,14 @@
-"""Transforms and collate: any image mode to RGB, sizes, normalization, MixUp/CutMix."""
+"""Transforms and collate: any image mode to RGB, JPEGs through torchvision's decoder, sizes,
+normalization, MixUp/CutMix."""
+import io
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from fmb.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Collate, build_eval_transform, build_train_transform,
-                                 decode_image, to_rgb)
+                                 decode_image, image_sides, to_rgb)
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1", "RGB"])
@@ -74,3 +77,52 @@ def test_collate_mixing_gives_soft_labels(mixup, cutmix):
 def test_collate_of_only_skipped_images_is_an_empty_batch():
     images, labels = Collate(num_classes=3, image_size=8)([None, None])
     assert images.shape == (0, 3, 8, 8) and labels.shape == (0,)
+
+
+def jpeg_bytes(mode="RGB", size=(40, 30), quality=95) -> bytes:
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    buffer = io.BytesIO()
+    small.convert(mode).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def pil_decoded(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("form", ["bytes", "dict", "path"])
+def test_a_jpeg_is_decoded_by_torchvision_to_what_pil_sees(form, tmp_path):
+    data = jpeg_bytes()
+    (tmp_path / "a.jpg").write_bytes(data)
+    value = {"bytes": data, "path": None} if form == "dict" else data if form == "bytes" else str(tmp_path / "a.jpg")
+    image = decode_image(value)
+    assert isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.shape == (3, 30, 40)
+    assert image_sides(image) == (30, 40)
+    difference = (image.int() - pil_decoded(data).int()).abs()
+    assert difference.float().mean() < 1.0 and difference.max() <= 8  # the same libjpeg, up to IDCT rounding
+
+
+def test_grey_and_cmyk_jpegs_come_out_rgb():
+    for mode in ("L", "CMYK"):
+        image = decode_image(jpeg_bytes(mode))
+        assert image_sides(image) == (30, 40)
+        assert (image.shape[0] if isinstance(image, torch.Tensor) else len(image.getbands())) == 3
+
+
+def test_a_truncated_jpeg_is_still_a_bad_image():
+    """libjpeg would fill the missing rows with grey and only warn; the PIL path raises."""
+    data = jpeg_bytes(size=(200, 150))
+    with pytest.raises(OSError):
+        decode_image({"bytes": data[: len(data) // 2], "path": None})
+
+
+def test_transforms_take_the_jpeg_tensor_as_they_take_pil():
+    data = jpeg_bytes(size=(80, 60))
+    tensor_in, pil_in = decode_image(data), Image.open(io.BytesIO(data)).convert("RGB")
+    evaluate = build_eval_transform(32, crop_ratio=1.0)
+    a, b = evaluate(tensor_in), evaluate(pil_in)
+    assert a.shape == b.shape == (3, 32, 32) and (a - b).abs().mean() < 0.05  # normalized units
+    train = build_train_transform(32, randaugment_magnitude=10, normalize=False)
+    out = train(tensor_in)
+    assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)

@@ -25,7 +25,7 @@ from fmb.data.columns import Columns, as_image_column, resolve_columns
 from fmb.data.image_sets import HashSplit, MapImageSet, SkipCounter, StreamImageSet, SyntheticImageSet
 from fmb.data.sizes import resolve_image_sizes
 from fmb.data.sources import load_source
-from fmb.data.transforms import Collate, build_eval_transform, build_train_transform, decode_image
+from fmb.data.transforms import Collate, build_eval_transform, build_train_transform, decode_image, image_sides
 from fmb.errors import FmbError, choice_error
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class ImageDataModule(L.LightningDataModule):
                 picks = np.asarray(rows if rows is not None else np.arange(len(hf)))
                 picks = picks[np.linspace(0, len(picks) - 1, num=min(16, len(picks))).astype(int)]
                 values = [hf[int(i)][image] for i in picks]
-            sides = [min(decode_image(value).size) for value in values]
+            sides = [min(image_sides(decode_image(value))) for value in values]
         except Exception:  # a hint only: unreadable samples surface later with a proper error
             return None
         return int(np.median(sides)) if sides else None

@@ -55,7 +55,8 @@ class HashSplit:
 
 class DecodeRows:
     """`datasets` on-access transform: decode the image column of the requested rows to RGB
-    PIL images, returning the exception instead of raising so the caller knows the index."""
+    images (PIL, or uint8 tensors for JPEGs: `decode_image`), returning the exception instead
+    of raising so the caller knows the index."""
 
     def __init__(self, image_column: str):
         self.image_column = image_column
