@@ -58,3 +58,18 @@ def test_exponential_decay_counts_from_step_zero():
     for step in (500, 719, 720, 1000, 5000):
         assert lr_factor(step, **kw) == pytest.approx(0.97 ** math.floor(step / (2.4 * spe)))
     assert lr_factor(500, **kw) == pytest.approx(0.97 ** 2)  # 2 decays happened during warmup
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_steps_are_the_same_arithmetic(name):
+    def model():  # no conv bias before BN, as in EfficientNet: BN cancels its gradient to ~1e-9,
+        torch.manual_seed(0)  # where Adam's g / (|g| + eps) turns rounding noise into real steps
+        return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.SiLU(), nn.Flatten(),
+                             nn.Linear(8 * 6 * 6, 5))
+    plain, fused = model(), model()
+    _steps(plain, build_optimizer(name, param_groups(plain, 0.05), lr=0.01, momentum=0.9))
+    optimizer = build_optimizer(name, param_groups(fused, 0.05), lr=0.01, momentum=0.9, fused=True)
+    assert optimizer.defaults["fused"] is True
+    _steps(fused, optimizer)
+    for (key, a), b in zip(plain.named_parameters(), fused.parameters()):
+        assert (a - b).abs().max().item() <= 1e-5, key

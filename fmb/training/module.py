@@ -159,8 +159,9 @@ class ImageClassifier(L.LightningModule):
     def configure_optimizers(self):
         optim, sched = self.cfg.optim, self.cfg.sched
         self.base_lr = effective_lr(optim.lr, optim.lr_per_256, global_batch_size(self.cfg.data.batch_size, self.trainer))
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())  # Lightning moved them
         optimizer = build_optimizer(optim.name, param_groups(self.model, optim.weight_decay), self.base_lr,
-                                    optim.momentum)
+                                    optim.momentum, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         factor = functools.partial(

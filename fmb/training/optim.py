@@ -34,16 +34,19 @@ def effective_lr(lr: float, per_256: bool, global_batch: int) -> float:
     return lr * global_batch / 256 if per_256 else lr
 
 
-def build_optimizer(name: str, groups, lr: float, momentum: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, groups, lr: float, momentum: float, fused: bool = False) -> torch.optim.Optimizer:
+    """`fused`: torch's one-kernel AdamW/SGD step (the same arithmetic; V2-S's AdamW step took
+    20 ms instead of 75 on the 2-core CPU). For parameters on CPU or CUDA only."""
+    fused_kw = {"fused": True} if fused else {}
     if name == "rmsprop":
         # The paper's RMSProp (TF semantics): decay 0.9, momentum 0.9, eps 1e-3.
         return RMSpropTF(groups, lr=lr, alpha=0.9, momentum=momentum, eps=1e-3)
     if name == "rmsprop_torch":
         return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, momentum=momentum, eps=1e-3)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, **fused_kw)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **fused_kw)
     raise choice_error("optimizer", name, OPTIMIZERS)
 
 
