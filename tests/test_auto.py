@@ -41,7 +41,7 @@ def hardware(monkeypatch, tmp_path):
 
 def decided(*overrides):
     cfg = load_config([], list(overrides))
-    return {k: d.value for k, d in auto.decide(cfg).items() if k != "torch.threads"}, cfg
+    return {k: d.value for k, d in auto.decide(cfg).items() if k not in ("torch.threads", "data.num_workers")}, cfg
 
 
 def test_cuda_with_bf16_gets_bf16_and_channels_last(hardware):
@@ -175,3 +175,23 @@ def test_run_prints_and_records_its_decisions(hardware, image_folder, tmp_path, 
     assert (printed.out + printed.err).count("auto: trainer.accelerator=cpu") == 1  # once, at start
     config = yaml.safe_load((run_dir / "config.yaml").read_text())  # config.yaml holds what ran
     assert config["trainer"]["precision"] == "32-true" and config["model"]["compile"] is False
+
+
+def test_loader_workers_follow_the_machine(hardware, monkeypatch):
+    from fmb.data.workers import MAX_WORKERS, auto_workers
+    assert auto_workers(True, 1, cores=16)[0] == 15  # one H200 machine: every core but the trainer's
+    assert auto_workers(True, 8, cores=96)[0] == 11  # a node of eight: each GPU its twelfth
+    assert auto_workers(True, 1, cores=256)[0] == MAX_WORKERS
+    assert auto_workers(True, 4, cores=4)[0] == 1
+    assert auto_workers(False, 1, cores=2)[0] == 2 and auto_workers(False, 1, cores=1)[0] == 1
+    hardware(cuda=True, bf16=True)
+    monkeypatch.setattr(auto, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    def workers(*overrides):
+        return auto.decide(load_config([], list(overrides)))["data.num_workers"]
+    assert workers().value == 15  # trainer.devices=1, the default
+    assert workers("trainer.devices=auto").value == 7  # both GPUs: half the cores each
+    assert workers("trainer.devices=[0,1]").value == 7
+    assert workers("data.num_workers=3").value == 3 and workers("data.num_workers=3").reason == "explicit"
+    with pytest.raises(FmbError, match="data.num_workers"):
+        load_config([], ["data.num_workers=many"])

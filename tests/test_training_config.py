@@ -87,7 +87,7 @@ def test_front_door_is_the_digits_experiment():
 
 def test_data_group_replaces_the_whole_section():
     cfg = load_config(["cifar10_v2s"], ["data=digits"])
-    assert cfg.data.source == "digits" and cfg.data.hflip is False and cfg.data.num_workers == 2
+    assert cfg.data.source == "digits" and cfg.data.hflip is False and cfg.data.num_workers == "auto"
     assert cfg.optim.name == "sgd" and cfg.progressive.enabled  # the experiment's other sections stay
     # columns are detected, so switching the source alone needs no resets either
     assert load_config(["cifar10_v2s"], ["data.source=digits"]).data.image_column is None

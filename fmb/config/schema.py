@@ -123,7 +123,7 @@ class DataConfig:
     crop_scale_min: float = opt(0.08, "smallest RandomResizedCrop area (tiny images need more kept)")
     hflip: bool = opt(True, "random horizontal flips; off where mirroring changes the class")
     batch_size: int = opt(32, "images per device per step")
-    num_workers: int = opt(2, "loader worker processes")
+    num_workers: Union[int, str] = opt("auto", "loader worker processes; auto = a CUDA device's share of the cores, 2 on CPU")
     streaming: bool = opt(False, "stream the source instead of downloading it")
     on_bad_image: Literal["error", "skip"] = opt("error", "an unreadable image stops the run, or is skipped")
     cache_dir: Optional[str] = opt(None, "datasets cache; null = its default")
@@ -148,8 +148,13 @@ class DataConfig:
         for key in ("image_size", "eval_image_size"):
             check_number(f"data.{key}", getattr(self, key), low=16, high=MAX_IMAGE_SIZE,
                          expected=f"16 to {MAX_IMAGE_SIZE} px (the network downsamples 32x), e.g. 224")
-        for key, low in (("batch_size", 1), ("num_workers", 0), ("shuffle_buffer", 1), ("synthetic_size", 1),
-                         ("synthetic_classes", 2)):
+        if self.num_workers == "auto":
+            pass  # decided for the machine (fmb/training/auto.py, fmb/data/workers.py)
+        elif isinstance(self.num_workers, str) or isinstance(self.num_workers, bool):
+            raise _bad("data.num_workers", self.num_workers, "a whole number >= 0 or auto")
+        else:
+            check_number("data.num_workers", self.num_workers, low=0, expected="a whole number >= 0 or auto")
+        for key, low in (("batch_size", 1), ("shuffle_buffer", 1), ("synthetic_size", 1), ("synthetic_classes", 2)):
             check_number(f"data.{key}", getattr(self, key), low=low, expected=f"a whole number >= {low}")
 
 

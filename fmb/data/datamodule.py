@@ -26,6 +26,7 @@ from fmb.data.image_sets import HashSplit, MapImageSet, SkipCounter, StreamImage
 from fmb.data.sizes import resolve_image_sizes
 from fmb.data.sources import load_source
 from fmb.data.transforms import Collate, build_eval_transform, build_train_transform, decode_image, image_sides
+from fmb.data.workers import auto_workers
 from fmb.errors import FmbError, choice_error
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ class ImageDataModule(L.LightningDataModule):
         """A loader of one split: train, val, test or holdout."""
         d, train = self.data, role == "train"
         dataset = self._dataset(role)
-        workers = d.num_workers
+        workers = d.num_workers if d.num_workers != "auto" else auto_workers(torch.cuda.is_available())[0]
         if isinstance(dataset, StreamImageSet):
             workers = min(workers, max(1, dataset.stream.num_shards))  # datasets gives workers whole shards
         elif train and len(dataset) < d.batch_size:

@@ -25,6 +25,8 @@ What decides, and why:
   data is loaded, so this decision is made then (`compile_`), after the others. With
   progressive learning the forward is compiled with dynamic shapes, so the image size changes
   at stage boundaries reuse one graph instead of recompiling per stage.
+- data.num_workers: on CUDA each device's share of the cores less one (the loader is the bound
+  there), on CPU 2 (the workers share the cores with training): fmb/data/workers.py.
 - threads (CPU): the cores other processes leave free (see `threads`).
 """
 from __future__ import annotations
@@ -38,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fmb.data.workers import auto_workers, cpu_cores
 
 AUTO = "auto"
 # Training steps from which torch.compile pays on CUDA: ~70 s of compile at a saving of ~8 ms
@@ -209,10 +213,6 @@ def planned_steps(train_images: int | None, global_batch: int, accumulate: int, 
     return by_epochs
 
 
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def cpu_load() -> float:
     """Runnable processes averaged over the last minute (other jobs on a shared machine)."""
     try:
@@ -239,6 +239,26 @@ def threads(device: str, devices) -> Decision:
     return Decision(free, f"{cores} cores, load {load:.1f} from other processes: {free} free")
 
 
+def _local_devices(device: str, devices) -> int:
+    """Training processes on this machine (what `trainer.devices` asks for)."""
+    if device != "cuda":
+        return 1
+    if isinstance(devices, (list, tuple)):
+        return max(1, len(devices))
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if devices in (None, AUTO, -1, "-1"):
+        return max(1, torch.cuda.device_count())
+    return max(1, int(devices))
+
+
+def loader_workers(requested, device: str, devices) -> Decision:
+    if requested != AUTO:
+        return Decision(requested, "explicit", requested)
+    workers, why = auto_workers(device == "cuda", _local_devices(device, devices), cores=cpu_cores())
+    return Decision(workers, why)
+
+
 def decide(cfg) -> dict[str, Decision]:
     """{key: Decision} for the run config `cfg` on this machine; `model.compile` is decided
     once the run's length is known (`compile_`)."""
@@ -250,6 +270,7 @@ def decide(cfg) -> dict[str, Decision]:
         "trainer.accelerator": accel,
         "trainer.precision": prec,
         "model.channels_last": channels_last(cfg.model.channels_last, device, str(prec.value)),
+        "data.num_workers": loader_workers(cfg.data.num_workers, device, trainer.get("devices", AUTO)),
         "torch.threads": threads(device, trainer.get("devices", 1)),
     }
 
