@@ -195,3 +195,39 @@ def test_loader_workers_follow_the_machine(hardware, monkeypatch):
     assert workers("data.num_workers=3").value == 3 and workers("data.num_workers=3").reason == "explicit"
     with pytest.raises(FmbError, match="data.num_workers"):
         load_config([], ["data.num_workers=many"])
+
+
+def test_threads_follow_the_load_at_each_epoch(monkeypatch, capsys):
+    """The start decision reads a 1-minute load average that may still hold a job that just
+    ended; each later epoch decides again, counting this run's own threads out of the load."""
+    from types import SimpleNamespace
+
+    from fmb.training.cpu_threads import FollowLoad
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(auto, "cpu_cores", lambda: 2)
+    follow, epoch = FollowLoad(), SimpleNamespace(current_epoch=1)
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(auto, "cpu_load", lambda: 1.1)  # only this run (one thread): the machine is free
+        follow.on_train_epoch_start(epoch, None)
+        assert torch.get_num_threads() == 2 and "threads: 1 → 2" in capsys.readouterr().err
+        follow.on_train_epoch_start(epoch, None)  # 2 threads keep the load at ~2: stays
+        monkeypatch.setattr(auto, "cpu_load", lambda: 2.1)
+        follow.on_train_epoch_start(epoch, None)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(auto, "cpu_load", lambda: 3.2)  # another job took a core
+        follow.on_train_epoch_start(epoch, None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(auto, "cpu_load", lambda: 0.2)
+        follow.on_train_epoch_start(SimpleNamespace(current_epoch=0), None)  # epoch 0: the start decision stands
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_threads_are_fmbs_to_follow_only_on_one_cpu_process(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert auto.follows_load("cpu", 1) and auto.follows_load("cpu", "auto")
+    assert not auto.follows_load("cpu", 2) and not auto.follows_load("cuda", 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert not auto.follows_load("cpu", 1)

@@ -156,7 +156,7 @@ def accelerator(requested) -> Decision:
     return Decision("cpu", "no GPU found")
 
 
-def _device_type(accel) -> str:
+def device_type(accel) -> str:
     from fmb.training.distributed import _resolve_accelerator
     return _resolve_accelerator(accel)
 
@@ -232,11 +232,22 @@ def threads(device: str, devices) -> Decision:
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return Decision(torch.get_num_threads(), "OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
-    if device != "cpu" or devices not in (1, "1", None, AUTO):
+    if not follows_load(device, devices):
         return Decision(torch.get_num_threads(), f"{device} with devices={devices}: torch's default")
     cores, load = cpu_cores(), cpu_load()
-    free = max(1, min(cores, round(cores + 0.5 - load)))  # load counts fmb's own startup as ~0.5
+    free = free_cores(cores, load - 0.5)  # load counts fmb's own startup as ~0.5
     return Decision(free, f"{cores} cores, load {load:.1f} from other processes: {free} free")
+
+
+def follows_load(device: str, devices) -> bool:
+    """Whether torch's threads are fmb's to choose from the load (one CPU process, no OMP_NUM_THREADS);
+    then `FollowLoad` also re-decides them at each epoch."""
+    return not os.environ.get("OMP_NUM_THREADS") and device == "cpu" and devices in (1, "1", None, AUTO)
+
+
+def free_cores(cores: int, others: float) -> int:
+    """Cores left when other processes keep `others` of them busy (at least one)."""
+    return max(1, min(cores, round(cores - max(0.0, others))))
 
 
 def _local_devices(device: str, devices) -> int:
@@ -264,7 +275,7 @@ def decide(cfg) -> dict[str, Decision]:
     once the run's length is known (`compile_`)."""
     trainer = cfg.trainer
     accel = accelerator(trainer.get("accelerator", AUTO))
-    device = _device_type(accel.value)
+    device = device_type(accel.value)
     prec = precision(trainer.get("precision", AUTO), device)
     return {
         "trainer.accelerator": accel,
@@ -280,7 +291,7 @@ def model_settings(cfg) -> tuple[bool, bool]:
     is decided for the accelerator the config names (a module built outside `fmb train`)."""
     if cfg.model.channels_last != AUTO and cfg.model.compile != AUTO:
         return bool(cfg.model.channels_last), bool(cfg.model.compile)
-    device = _device_type(accelerator(cfg.trainer.get("accelerator", AUTO)).value)
+    device = device_type(accelerator(cfg.trainer.get("accelerator", AUTO)).value)
     compiled = compile_(cfg.model.compile, device, bool(cfg.progressive.enabled), None).value
     if cfg.model.channels_last != AUTO:
         return bool(cfg.model.channels_last), compiled

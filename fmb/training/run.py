@@ -30,6 +30,7 @@ from fmb.training.optim import global_batch_size
 from fmb.training.progress import PlainProgress
 from fmb.training.progressive import ProgressiveLearning
 from fmb.training.summary import slurm_job, summarize
+from fmb.training.cpu_threads import FollowLoad
 from fmb.training.checkpoints import check_resumable, checkpoint_step, read_checkpoint_file, resume_epoch
 from fmb.training.rundir import (
     RESUME_ENV, RUN_DIR_ENV, AtomicCheckpointIO, Preemption, RunLock, RunSnapshot, _started_by_lightning, branch_dir,
@@ -78,6 +79,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks=()) -> L.Trainer:
     decisions = auto.decide(cfg)
     auto.apply(cfg, decisions)
     rank_zero_print(auto.describe(decisions))
+    device = auto.device_type(decisions["trainer.accelerator"].value)
+    if auto.follows_load(device, cfg.trainer.get("devices", 1)):
+        callbacks = [FollowLoad(), *callbacks]
     options = {"enable_progress_bar": True, **cfg.trainer}
     if cfg.progressive.enabled or cfg.data.streaming:
         options.setdefault("reload_dataloaders_every_n_epochs", 1)  # new train loader per stage / stream epoch
