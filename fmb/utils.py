@@ -1,4 +1,4 @@
-"""Small helpers with no better home: atomic file writes, rank-zero printing."""
+"""Small helpers with no better home: atomic file writes, rank-zero printing, the CPU we run on."""
 from __future__ import annotations
 
 import os
@@ -79,3 +79,20 @@ def rank_zero_print(message: str) -> None:
 
     if rank_zero_only.rank == 0:
         Console(stderr=True, highlight=False).print(message)
+
+
+def cpu_cores() -> int:
+    """The cores this process may use, not the host's (containers, taskset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('AMD EPYC 7B13'), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or "CPU"

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from fmb.errors import FmbError
+from fmb.utils import cpu_model
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -93,17 +94,6 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine() or "CPU"
 
 
 def describe_hardware(env: dict | None = None, gpu: bool = True) -> str:

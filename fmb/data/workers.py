@@ -7,13 +7,9 @@ so two (what this project measured its CPU runs with) and never more than the co
 """
 from __future__ import annotations
 
-import os
+from fmb.utils import cpu_cores
 
 MAX_WORKERS = 32  # each holds prefetched batches; past this, memory grows for little gain
-
-
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def auto_workers(cuda: bool, devices_per_node: int = 1, cores: int | None = None) -> tuple[int, str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +40,8 @@ from typing import Any
 
 import torch
 
-from fmb.data.workers import auto_workers, cpu_cores
+from fmb.data.workers import auto_workers
+from fmb.utils import cpu_cores, cpu_model
 
 AUTO = "auto"
 # Training steps from which torch.compile pays on CUDA: ~70 s of compile at a saving of ~8 ms
@@ -72,16 +72,6 @@ def cuda_bf16() -> bool:
 
 def mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_native_bf16() -> bool:
@@ -121,7 +111,7 @@ def cpu_bf16_faster() -> tuple[bool, str]:
     """Whether bf16 autocast trains faster than fp32 on this CPU, and why (cached)."""
     if not cpu_native_bf16():
         return False, "CPU has no native bf16 (no AVX512-BF16/AMX): emulated bf16 is slower than fp32"
-    key = f"{cpu_name()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    key = f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
     path = cache_dir() / "cpu_bf16.json"
     try:
         cache = json.loads(path.read_text())

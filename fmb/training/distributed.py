@@ -8,12 +8,12 @@ before the first process is started.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
 from fmb.errors import FmbError
+from fmb.utils import cpu_cores
 
 
 @dataclass
@@ -42,8 +42,8 @@ def _resolve_accelerator(name) -> str:
 def available_devices(accelerator: str) -> int | None:
     if accelerator == "cuda":
         return torch.cuda.device_count()
-    if accelerator == "cpu":  # the cores this process may use, not the host's (containers, taskset)
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if accelerator == "cpu":
+        return cpu_cores()
     if accelerator == "mps":
         return 1
     return None
