@@ -9,14 +9,17 @@ import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth
 
-from fmb.models.layers import BN_MOMENTUM, DEFAULT_BN_EPS, conv2d, norm_layer
+from fmb.models.layers import BN_MOMENTUM, DEFAULT_BN_EPS, DepthwiseConv2d, PointwiseConv2d, conv2d, norm_layer
 
 
 def squeeze_excitation(in_ch: int, channels: int, se_ratio: float) -> nn.Module | None:
     """SE gating `channels` maps; its reduced width comes from the block's *input* channels."""
     if not se_ratio:
         return None
-    return SqueezeExcitation(channels, max(1, int(in_ch * se_ratio)), activation=nn.SiLU)
+    se = SqueezeExcitation(channels, max(1, int(in_ch * se_ratio)), activation=nn.SiLU)
+    squeezed = se.fc1.out_channels
+    se.fc1, se.fc2 = PointwiseConv2d(channels, squeezed, bias=True), PointwiseConv2d(squeezed, channels, bias=True)
+    return se
 
 
 class _Block(nn.Module):
@@ -87,14 +90,14 @@ class MBConv(_Block):
             self.conv_pw = conv2d(in_ch, mid, 1)
             self.bn1 = norm(mid)
             self.act1 = nn.SiLU(inplace=True)
-            self.conv_dw = conv2d(mid, mid, kernel_size, stride, groups=mid, padding=padding)
+            self.conv_dw = DepthwiseConv2d(mid, kernel_size, stride, tf_same=padding == "same" and stride > 1)
             self.bn2 = norm(mid)
             self.act2 = nn.SiLU(inplace=True)
             self.se = squeeze_excitation(in_ch, mid, se_ratio)
             self.conv_pwl = conv2d(mid, out_ch, 1)
             self.bn3 = norm(out_ch)
         else:
-            self.conv_dw = conv2d(mid, mid, kernel_size, stride, groups=mid, padding=padding)
+            self.conv_dw = DepthwiseConv2d(mid, kernel_size, stride, tf_same=padding == "same" and stride > 1)
             self.bn1 = norm(mid)
             self.act1 = nn.SiLU(inplace=True)
             self.se = squeeze_excitation(in_ch, mid, se_ratio)

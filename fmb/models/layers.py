@@ -1,4 +1,4 @@
-"""Small building pieces shared by the blocks: norm layer, TF-style "same" padding."""
+"""Small building pieces shared by the blocks: norm layer, TF-style "same" padding, the convs."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,13 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fmb.models.small_maps import (
+    depthwise_as_matrix,
+    pointwise_as_linear,
+    use_depthwise_matrix,
+    use_pointwise_linear,
+)
 
 # The official code uses eps 1e-3 for V1 and V2; PyTorch-trained ports (timm, torchvision
 # B0-B4) use 1e-5. A built model carries its own eps and momentum (EfficientNet.bn_eps,
@@ -30,19 +37,56 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ih, iw = x.shape[-2:]
-        pad_h = _same_pad(ih, self.kernel_size[0], self.stride[0], self.dilation[0])
-        pad_w = _same_pad(iw, self.kernel_size[1], self.stride[1], self.dilation[1])
+        pad_h = same_pad(ih, self.kernel_size[0], self.stride[0], self.dilation[0])
+        pad_w = same_pad(iw, self.kernel_size[1], self.stride[1], self.dilation[1])
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
+def same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
     return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
 def conv2d(in_ch, out_ch, kernel_size, stride=1, groups=1, padding="symmetric", bias=False) -> nn.Conv2d:
     """A conv with symmetric padding, or TF "same" padding where it differs (stride > 1)."""
+    if kernel_size == 1 and stride == 1 and groups == 1:
+        return PointwiseConv2d(in_ch, out_ch, bias=bias)
     if padding == "same" and stride > 1:
         return Conv2dSame(in_ch, out_ch, kernel_size, stride, 0, groups=groups, bias=bias)
     return nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """MBConv's depthwise k×k conv, symmetric or TF "same" padded (small_maps.py's path on tiny maps)."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, tf_same: bool = False):
+        super().__init__(channels, channels, kernel_size, stride, 0 if tf_same else kernel_size // 2,
+                         groups=channels, bias=False)
+        self.tf_same = tf_same
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        k, s = self.kernel_size[0], self.stride[0]
+        if self.tf_same:
+            ph, pw = same_pad(h, k, s, 1), same_pad(w, k, s, 1)
+            pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+        else:
+            pads = (self.padding[0],) * 4
+        if use_depthwise_matrix(x, k):
+            return depthwise_as_matrix(x, self.weight, self.bias, s, pads)
+        if self.tf_same and any(pads):
+            x = F.pad(x, [pads[2], pads[3], pads[0], pads[1]])
+        return super().forward(x)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1×1 conv (small_maps.py's linear path on small maps)."""
+
+    def __init__(self, in_ch: int, out_ch: int, bias: bool = False):
+        super().__init__(in_ch, out_ch, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_pointwise_linear(x):
+            return pointwise_as_linear(x, self.weight, self.bias)
+        return super().forward(x)

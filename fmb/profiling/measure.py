@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fmb.models.small_maps import plain_convs
+
 MB = 2 ** 20
 PRECISIONS = ("fp32", "bf16", "fp16")
 MIN_IQR_SAMPLES = 4  # quartiles of fewer samples only interpolate between the extremes
@@ -29,7 +31,7 @@ def _counted_forward(module: nn.Module, x: torch.Tensor) -> FlopCounterMode:
     """An eval-mode forward of `x` under FlopCounterMode; the counter holds per-module FLOPs."""
     was_training = module.training
     module.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), plain_convs():
         module(x)
     module.train(was_training)
     return counter
