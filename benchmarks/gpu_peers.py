@@ -8,7 +8,7 @@ the median over rounds). Rows:
   train bf16 cl compiled     fmb and timm under torch.compile (what `fmb train` runs on CUDA:
                              auto picks bf16-mixed, channels_last and compile); with --compile
   infer fast                 fmb BN folded + channels_last + bf16 vs timm eager fp32 and timm
-                             bf16 channels_last
+                             bf16 channels_last; and fmb bf16 channels_last with BN kept
 Prints images/s and ratios (> 1: fmb is faster).
 
     python benchmarks/gpu_peers.py --resolutions 128 300 --batch-size 128 --compile
@@ -68,6 +68,9 @@ def infer_race(fmb_name, x, args) -> dict:
         "timm fp32": infer_fn(on_gpu(timm.create_model(timm_name), False), x),
         "timm bf16 cl": infer_fn(on_gpu(timm.create_model(timm_name), True), xcl, bf16),
         "fmb fast bf16": infer_fn(fast, xcl, bf16),
+        # BN kept: under bf16 autocast cuDNN adds a folded conv's bias in a separate kernel
+        # slower than BN's own channels_last kernel (benchmarks/gpu_diag.py, H200).
+        "fmb bf16 cl BN kept": infer_fn(on_gpu(create_model(fmb_name), True).eval(), xcl, bf16),
     }
     return race(contenders, args.rounds, args.warmup, args.iters)
 

@@ -229,7 +229,7 @@ def profile_cmd(
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast)."),
     channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    fast: bool = typer.Option(False, "--fast", help="Inference fast path: BN folded, channels_last."),
+    fast: bool = typer.Option(False, "--fast", help="Inference fast path: channels_last, BN folded (kept on CUDA in bf16/fp16)."),
     compare_blocks: bool = typer.Option(False, "--compare-blocks", help="Time every stage as MBConv and Fused."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed iterations first."),
     iters: int = typer.Option(10, "--iters", help="Timed iterations."),

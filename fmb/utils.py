@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -96,3 +97,33 @@ def cpu_model() -> str:
         pass
     import platform
     return platform.processor() or platform.machine() or "CPU"
+
+
+def others_busy_cores(window: float = 0.3) -> float | None:
+    """How many of this process's cores other processes keep busy now: a `window`-second sample
+    of /proc/stat over the cores we may use, less this process's own CPU time. Unlike the
+    1-minute load average it no longer counts a job that ended seconds ago. None without /proc."""
+    cpus = {f"cpu{i}" for i in (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ())}
+
+    def sample() -> tuple[int, int, float]:
+        busy = total = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *ticks = line.split()
+            if name in cpus:
+                # user nice system idle iowait irq softirq steal (guest time is inside user)
+                values = [int(t) for t in ticks[:8]]
+                busy, total = busy + sum(values) - values[3] - values[4], total + sum(values)
+        return busy, total, time.process_time()
+
+    try:
+        busy0, total0, own0 = sample()
+        start = time.perf_counter()
+        time.sleep(window)
+        busy1, total1, own1 = sample()
+        elapsed = time.perf_counter() - start
+    except (OSError, ValueError, IndexError):
+        return None
+    if not cpus or total1 <= total0:
+        return None
+    busy = (busy1 - busy0) / (total1 - total0) * len(cpus)
+    return max(0.0, busy - (own1 - own0) / elapsed)

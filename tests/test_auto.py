@@ -1,6 +1,10 @@
 """`auto` settings (fmb/training/auto.py): each decision from monkeypatched hardware facts,
 explicit values winning, the CPU bf16 measurement cached, and the record in summary.json."""
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ def hardware(monkeypatch, tmp_path):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(auto, "cpu_cores", lambda: 2)
     monkeypatch.setattr(auto, "cpu_load", lambda: 0.0)
+    monkeypatch.setattr(auto, "others_busy_cores", lambda: 0.0)
     threads = torch.get_num_threads()
     calls = []
 
@@ -114,8 +119,12 @@ def test_cpu_threads_are_the_cores_other_processes_leave_free(hardware, monkeypa
     hardware()
     cfg = load_config([], [])
     assert auto.decide(cfg)["torch.threads"].value == 2  # quiet machine: every core
-    monkeypatch.setattr(auto, "cpu_load", lambda: 3.5)
+    monkeypatch.setattr(auto, "cpu_load", lambda: 3.5)  # a job that just ended still holds the load average
+    assert auto.decide(cfg)["torch.threads"].value == 2  # but the cores are free now
+    monkeypatch.setattr(auto, "others_busy_cores", lambda: 1.2)
     assert auto.decide(cfg)["torch.threads"].value == 1  # other jobs hold the cores: one thread
+    monkeypatch.setattr(auto, "others_busy_cores", lambda: None)  # no /proc/stat: the load average
+    assert auto.decide(cfg)["torch.threads"].value == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert auto.decide(cfg)["torch.threads"].requested == "2"  # the user's setting wins
 
@@ -231,3 +240,16 @@ def test_threads_are_fmbs_to_follow_only_on_one_cpu_process(monkeypatch):
     assert not auto.follows_load("cpu", 2) and not auto.follows_load("cuda", 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert not auto.follows_load("cpu", 1)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat")
+def test_others_busy_cores_sees_a_busy_process_and_not_this_one():
+    """The start-up sample counts what other processes use now, and not this process's own work."""
+    from fmb.utils import others_busy_cores
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        assert others_busy_cores(window=1.0) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()

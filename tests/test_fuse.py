@@ -48,3 +48,11 @@ def test_fused_copy_keeps_the_original_trainable():
     fused = fuse_bn(model)
     assert model.training and not fused.training
     assert set(model.state_dict()) == keys
+
+
+def test_folding_is_kept_off_only_where_it_measured_slower():
+    """On CUDA in bf16/fp16 a folded conv's bias costs more than BN (H200, benchmarks/gpu_peers.py)."""
+    from fmb.models import folding_pays
+    assert folding_pays("cpu", "fp32") and folding_pays("cpu", "bf16")
+    assert folding_pays("cuda", "fp32")
+    assert not folding_pays("cuda", "bf16") and not folding_pays(torch.device("cuda", 0), "fp16")

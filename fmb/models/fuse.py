@@ -31,6 +31,14 @@ def _fold_children(module: nn.Module) -> None:
             _fold_children(child)
 
 
+def folding_pays(device: str | torch.device, precision: str) -> bool:
+    """Whether the inference fast path should fold BN here. Not on CUDA in bf16/fp16: there
+    cuDNN adds a folded conv's bias in a separate elementwise kernel that is slower than BN's own
+    channels_last kernel (one H200, 224 px, batch 256, benchmarks/gpu_peers.py: V2-S 23.4 vs
+    21.1 ms, B4 32.8 vs 29.9 ms, B0 12.8 vs 12.1 ms folded vs kept; benchmarks/gpu_diag.py)."""
+    return not (torch.device(device).type == "cuda" and precision in ("bf16", "fp16"))
+
+
 def fuse_bn(model: nn.Module) -> nn.Module:
     """An inference copy of `model` (eval mode) with every BatchNorm folded into its conv.
 

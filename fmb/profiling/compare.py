@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from fmb.models import create_model, fuse_bn, get_variant
+from fmb.models import create_model, folding_pays, fuse_bn, get_variant
 from fmb.profiling.measure import count_module_macs, count_params, infer_step, time_call, train_step
 
 EVEN = 1.05  # speedups within 5% either way are called even: the machine's noise is larger
@@ -47,6 +47,7 @@ def compare_blocks(model_kwargs: dict, *, resolution: int, batch_size: int, devi
         kwargs["stage_overrides"] = {s: {f: v for f, v in d.items() if f != "block"}
                                      for s, d in kwargs["stage_overrides"].items()}
     n = len(get_variant(kwargs["name"]).stages)
+    fold = folding_pays(device, precision)
     builds = {block: create_model(**kwargs, blocks=letter * n).to(device)
               for block, letter in (("mbconv", "M"), ("fused", "F"))}
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -62,7 +63,7 @@ def compare_blocks(model_kwargs: dict, *, resolution: int, batch_size: int, devi
             row.update({f"{block}_params": count_params(stage), f"{block}_macs": count_module_macs(stage, x[:1]),
                         f"{block}_infer_ms": None, f"{block}_train_ms": None})
             for m in modes:
-                step = (infer_step(fuse_bn(stage) if fast else stage.eval(), x, precision) if m == "infer"
+                step = (infer_step(fuse_bn(stage) if fast and fold else stage.eval(), x, precision) if m == "infer"
                         else train_step(stage, x, _stage_loss, precision))
                 row[f"{block}_{m}_ms"] = time_call(step, warmup=warmup, iters=iters)["median_ms"]
         for m in ("infer", "train"):

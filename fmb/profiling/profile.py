@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fmb.errors import FmbError, choice_error
-from fmb.models import build_stages, create_model, fuse_bn
+from fmb.models import build_stages, create_model, folding_pays, fuse_bn
 from fmb.profiling import compare
 from fmb.profiling.measure import (
     PRECISIONS,
@@ -118,10 +118,11 @@ def stage_rows(model: nn.Module, infer_model: nn.Module, x: torch.Tensor, *, pre
             for (label, block, modules, _), ms in zip(parts, forward_ms, strict=True)]
 
 
-def _prepare(model, *, channels_last, compile, fast):
-    """(train model, inference model, eager inference model): the fast path folds BN and
-    goes channels_last for inference; training is only ever changed by the explicit flags."""
-    infer_model = fuse_bn(model) if fast else model
+def _prepare(model, *, channels_last, compile, fast, fold):
+    """(train model, inference model, eager inference model): the fast path folds BN (where
+    `fold`: folding_pays) and goes channels_last for inference; training is only ever changed
+    by the explicit flags."""
+    infer_model = fuse_bn(model) if fast and fold else model
     if channels_last or fast:
         infer_model = infer_model.to(memory_format=torch.channels_last)
     train_model = model.to(memory_format=torch.channels_last) if channels_last else model
@@ -136,7 +137,8 @@ def measure_model(model_kwargs: dict, batch_size: int, opts: dict, result: dict)
     timing = {"warmup": opts["warmup"], "iters": opts["iters"]}
     model = create_model(**model_kwargs).to(device)
     train_model, infer_model, eager_infer = _prepare(model, channels_last=opts["channels_last"],
-                                                     compile=opts["compile"], fast=opts["fast"])
+                                                     compile=opts["compile"], fast=opts["fast"],
+                                                     fold=folding_pays(device, precision))
     x = torch.randn(batch_size, model.conv_stem.in_channels, res, res, device=device)
     x_infer = x.to(memory_format=torch.channels_last) if opts["channels_last"] or opts["fast"] else x
     x = x.to(memory_format=torch.channels_last) if opts["channels_last"] else x

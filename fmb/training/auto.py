@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from fmb.data.workers import auto_workers
-from fmb.utils import cpu_cores, cpu_model
+from fmb.utils import cpu_cores, cpu_model, others_busy_cores
 
 AUTO = "auto"
 # Training steps from which torch.compile pays on CUDA: ~70 s of compile at a saving of ~8 ms
@@ -224,9 +224,11 @@ def threads(device: str, devices) -> Decision:
         return Decision(torch.get_num_threads(), "OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     if not follows_load(device, devices):
         return Decision(torch.get_num_threads(), f"{device} with devices={devices}: torch's default")
-    cores, load = cpu_cores(), cpu_load()
-    free = free_cores(cores, load - 0.5)  # load counts fmb's own startup as ~0.5
-    return Decision(free, f"{cores} cores, load {load:.1f} from other processes: {free} free")
+    cores, busy = cpu_cores(), others_busy_cores()
+    if busy is None:  # no /proc: the 1-minute load average, which counts fmb's own startup as ~0.5
+        busy = cpu_load() - 0.5
+    free = free_cores(cores, busy)
+    return Decision(free, f"{cores} cores, {max(0.0, busy):.1f} busy with other processes: {free} free")
 
 
 def follows_load(device: str, devices) -> bool:

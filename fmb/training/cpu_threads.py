@@ -1,10 +1,10 @@
 """`FollowLoad`: on CPU, torch's threads follow the other processes' load through a run.
 
-`auto` picks the threads once at start from the 1-minute load average, which still holds a job
-that just ended (or a training run this one followed): a run started then kept one thread on
-a machine that was quiet a minute later (the front door at 26 images/s instead of ~50). At each
-epoch after the first, the load this process adds itself (about one per thread) is taken off
-and the threads are decided again; a change is printed once.
+`auto` picks the threads at start from a short sample of what other processes use now
+(utils.others_busy_cores; the 1-minute load average where there is no /proc). Jobs start and
+end during a run, so at each epoch after the first the threads are decided again from the
+1-minute load average, less the load this process adds itself (about one per thread; a
+sample here would count this run's own loader workers as others); a change is printed once.
 """
 from __future__ import annotations
 
