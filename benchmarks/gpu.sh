@@ -2,7 +2,7 @@
 # The GPU figures in README, from the checkout root on a machine with one CUDA GPU:
 #   bash benchmarks/gpu.sh            (results and logs in $OUT, default gpu-results/)
 # 1. training images/s (V2-S at 128/224/300 px) and fast inference vs timm and torchvision;
-# 2. the front door (`fmb train`, auto: bf16-mixed, channels_last, torch.compile) on the GPU;
+# 2. the front door (`fmb train`, auto: bf16-mixed, channels_last; eager for a run this short) on the GPU;
 # 3. eval and predict of its checkpoint on the GPU;
 # 4. `fmb profile --compare-blocks`: MBConv vs Fused-MBConv per stage, V2-S and B4 (Table 3).
 # Each step has its own time limit, so one that fails or hangs leaves the others' figures.
