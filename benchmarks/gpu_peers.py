@@ -54,6 +54,7 @@ def train_race(fmb_name, x, y, args) -> dict:
             fn()  # compile outside the race; the time is reported
             torch.cuda.synchronize()
             compile_s[name] = round(time.perf_counter() - start, 1)
+            print(f"  compiled {name}'s training step in {compile_s[name]} s", flush=True)  # a cut run keeps this
             contenders[f"{name} bf16 cl compiled"] = fn
     rows = race(contenders, args.rounds, args.warmup, args.iters)
     return {"rows": rows, "compile_s": compile_s}
