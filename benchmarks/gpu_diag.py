@@ -1,5 +1,6 @@
 """One-off: where fmb's fast inference path (fuse_bn + cl + bf16) differs from timm's bf16 + cl
-on a CUDA GPU. Prints the top CUDA kernels of each and per-op-family totals."""
+on a CUDA GPU. Prints torch profiler's top ops and kernels by CUDA time for fmb folded, timm,
+and timm folded (3 forwards of V2-S, 224 px, batch 256 each)."""
 import timm
 import torch
 from torch.profiler import ProfilerActivity, profile

@@ -5,8 +5,8 @@ with torch.utils.benchmark's Timer, which synchronizes the GPU around each timin
 the median over rounds). Rows:
   train fp32                 timm eager fp32: the baseline of every ratio
   train bf16 cl              each library eager, bf16 autocast + channels_last (same mode)
-  train bf16 cl compiled     fmb and timm under torch.compile (what `fmb train` runs on CUDA:
-                             auto picks bf16-mixed, channels_last and compile); with --compile
+  train bf16 cl compiled     fmb and timm under torch.compile (what `fmb train` runs on CUDA for
+                             runs of >= 10,000 steps: bf16-mixed, channels_last, compile); with --compile
   infer fast                 fmb BN folded + channels_last + bf16 vs timm eager fp32 and timm
                              bf16 channels_last; and fmb bf16 channels_last with BN kept
 Prints images/s and ratios (> 1: fmb is faster).

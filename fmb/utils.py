@@ -104,6 +104,8 @@ def others_busy_cores(window: float = 0.3) -> float | None:
     of /proc/stat over the cores we may use, less this process's own CPU time. Unlike the
     1-minute load average it no longer counts a job that ended seconds ago. None without /proc."""
     cpus = {f"cpu{i}" for i in (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ())}
+    if not cpus:
+        return None
 
     def sample() -> tuple[int, int, float]:
         busy = total = 0
@@ -123,7 +125,7 @@ def others_busy_cores(window: float = 0.3) -> float | None:
         elapsed = time.perf_counter() - start
     except (OSError, ValueError, IndexError):
         return None
-    if not cpus or total1 <= total0:
+    if total1 <= total0:
         return None
     busy = (busy1 - busy0) / (total1 - total0) * len(cpus)
     return max(0.0, busy - (own1 - own0) / elapsed)

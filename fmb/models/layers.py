@@ -36,16 +36,20 @@ class Conv2dSame(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
-        pad_h = same_pad(ih, self.kernel_size[0], self.stride[0], self.dilation[0])
-        pad_w = same_pad(iw, self.kernel_size[1], self.stride[1], self.dilation[1])
-        if pad_h or pad_w:
-            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        pads = tf_same_pads(x, self.kernel_size[0], self.stride[0], self.dilation[0])
+        if any(pads):
+            x = F.pad(x, pads)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-def same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
+def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
     return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def tf_same_pads(x: torch.Tensor, kernel: int, stride: int, dilation: int = 1) -> list[int]:
+    """TF "same" zero padding of x's map in F.pad's order [left, right, top, bottom] (more at the end)."""
+    ph, pw = (_same_pad(size, kernel, stride, dilation) for size in x.shape[-2:])
+    return [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]
 
 
 def conv2d(in_ch, out_ch, kernel_size, stride=1, groups=1, padding="symmetric", bias=False) -> nn.Conv2d:
@@ -66,17 +70,12 @@ class DepthwiseConv2d(nn.Conv2d):
         self.tf_same = tf_same
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
         k, s = self.kernel_size[0], self.stride[0]
-        if self.tf_same:
-            ph, pw = same_pad(h, k, s, 1), same_pad(w, k, s, 1)
-            pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
-        else:
-            pads = (self.padding[0],) * 4
+        pads = tf_same_pads(x, k, s) if self.tf_same else [self.padding[0]] * 4
         if use_depthwise_matrix(x, k):
             return depthwise_as_matrix(x, self.weight, self.bias, s, pads)
         if self.tf_same and any(pads):
-            x = F.pad(x, [pads[2], pads[3], pads[0], pads[1]])
+            x = F.pad(x, pads)
         return super().forward(x)
 
 

@@ -44,11 +44,12 @@ def use_pointwise_linear(x: torch.Tensor) -> bool:
     return _enabled and x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= POINTWISE_MAX_POSITIONS
 
 
-def depthwise_as_matrix(x, weight, bias, stride: int, pads: tuple[int, int, int, int]) -> torch.Tensor:
-    """A depthwise k×k conv with (top, bottom, left, right) zero padding, as a per-channel matmul."""
+def depthwise_as_matrix(x, weight, bias, stride: int, pads: list[int]) -> torch.Tensor:
+    """A depthwise k×k conv with zero padding `pads` (F.pad's [left, right, top, bottom]), as a
+    per-channel matmul."""
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    top, bottom, left, right = pads
+    left, right, top, bottom = pads
     ho, wo = (h + top + bottom - k) // stride + 1, (w + left + right - k) // stride + 1
     taps = tap_index(h, w, k, stride, top, left, ho, wo, x.device)
     # Each channel's kernel plus a zero for the (output, input) pairs that no tap joins.
