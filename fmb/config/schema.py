@@ -13,51 +13,12 @@ from __future__ import annotations
 import glob
 import math
 import os
-import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Optional, Union
 
-from fmb.errors import FmbError, choice_error
-
-MAX_IMAGE_SIZE = 2048  # past this a single image's activations alone take gigabytes
-MAX_RANDAUGMENT_MAGNITUDE = 30.0  # the official RandAugment level runs 0..30 (10 = the ops' base range)
-
-
-def opt(default, doc: str):
-    """A field with a default and a one-line doc (mutable defaults are copied per instance)."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
-
-
-def check_choices(section, prefix: str) -> None:
-    """Literal fields hold one of their choices (OmegaConf checks this on merge; a section
-    built directly in Python is checked here)."""
-    hints = typing.get_type_hints(type(section))
-    for f in fields(section):
-        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
-        if choices and getattr(section, f.name) not in choices:
-            raise choice_error(f"{prefix}.{f.name}", getattr(section, f.name), choices)
-
-
-def _bad(key: str, value, expected: str) -> FmbError:
-    return FmbError(f"invalid {key}={value!r}; expected {expected}")
-
-
-def check_number(key: str, value, *, low=None, high=None, low_open=False, high_open=False,
-                 expected: str = "") -> None:
-    """NaN/inf and out-of-range numbers fail with the range in the message; None passes."""
-    if value is None:
-        return
-    if not math.isfinite(value):
-        raise _bad(key, value, expected or "a finite number")
-    below = low is not None and (value <= low if low_open else value < low)
-    above = high is not None and (value >= high if high_open else value > high)
-    if below or above:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
-        raise _bad(key, value, expected or f"a number in {span}")
+from fmb.config.fields import (MAX_IMAGE_SIZE, MAX_RANDAUGMENT_MAGNITUDE, _bad, check_choices, check_number,  # noqa: F401
+                               opt)
+from fmb.errors import FmbError
 
 
 @dataclass
@@ -120,7 +81,12 @@ class DataConfig:
     image_size: Optional[int] = opt(None, "train size; null = the variant's, capped at 4x small images")
     eval_image_size: Optional[int] = opt(None, "null = scaled from the train size as the variant's")
     crop_ratio: float = opt(0.875, "eval centre crop: resize to size/crop_ratio, crop size")
-    crop_scale_min: float = opt(0.08, "smallest RandomResizedCrop area (tiny images need more kept)")
+    crop_scale_min: float = opt(0.08, "smallest RandomResizedCrop area (tiny images need more kept; official V2: 0.05)")
+    mean: list[float] = opt([0.485, 0.456, 0.406], "per-channel mean of 0..1 pixels subtracted before the model")
+    std: list[float] = opt([0.229, 0.224, 0.225], "per-channel std dividing them; mean = std = 128/255 gives [-1, 1]")
+    interpolation: Literal["bicubic", "bilinear"] = opt("bicubic", "resize filter of the crops (official V2: bilinear)")
+    preprocessing: Literal["fmb", "official"] = opt("fmb", "official = google/automl V2's TF crop sampling, "
+                                                    "unantialiased resize, eval rule and half/half MixUp-CutMix")
     hflip: bool = opt(True, "random horizontal flips; off where mirroring changes the class")
     batch_size: int = opt(32, "images per device per step")
     num_workers: Union[int, str] = opt("auto", "loader worker processes; auto = a CUDA device's share of the cores, 2 on CPU")
@@ -145,6 +111,11 @@ class DataConfig:
                            "with data.streaming=true")
         check_number("data.crop_ratio", self.crop_ratio, low=0, high=1, low_open=True)
         check_number("data.crop_scale_min", self.crop_scale_min, low=0, high=1, low_open=True)
+        for key in ("mean", "std"):
+            values = list(getattr(self, key))
+            if len(values) != 3 or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values) or (
+                    key == "std" and min(values) <= 0):
+                raise _bad(f"data.{key}", values, "three numbers (R, G, B) on the 0..1 scale, std > 0, e.g. [0.5, 0.5, 0.5]")
         for key in ("image_size", "eval_image_size"):
             check_number(f"data.{key}", getattr(self, key), low=16, high=MAX_IMAGE_SIZE,
                          expected=f"16 to {MAX_IMAGE_SIZE} px (the network downsamples 32x), e.g. 224")
