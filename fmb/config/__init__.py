@@ -21,6 +21,7 @@ from fmb.config.schema import (
     AugConfig, DataConfig, EmaConfig, ModelConfig, OptimConfig, ProgressiveConfig, RunConfig, SchedConfig,
     TrainConfig,
 )
+from fmb.config.checks import check_file_size, check_no_env_lookup, check_yaml_size
 from fmb.errors import FmbError, choice_error, nearest
 
 __all__ = ["TrainConfig", "ModelConfig", "DataConfig", "AugConfig", "OptimConfig", "SchedConfig",
@@ -30,6 +31,9 @@ __all__ = ["TrainConfig", "ModelConfig", "DataConfig", "AugConfig", "OptimConfig
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # fmb/configs, shipped in the wheel
 FRONT_DOOR = "experiment/digits_v2s"
 GROUPS = ("data",)  # `data=NAME` on the command line swaps the whole section
+SECTIONS = {"model": "model.variant=efficientnetv2_m", "aug": "aug.mixup_alpha=0.2", "optim": "optim.lr=0.01",
+            "sched": "sched.name=cosine", "progressive": "progressive.enabled=true", "ema": "ema.enabled=true",
+            "trainer": "trainer.max_epochs=10", "run": "run.seed=1"}
 MOVED = {("aug", "hflip"): "data", ("aug", "crop_scale_min"): "data"}  # keys of release 0.1's configs
 
 
@@ -57,7 +61,17 @@ def read_yaml(path: str | Path) -> DictConfig:
         raise FmbError(f"config path {path} is a directory; expected a YAML file such as "
                        f"configs/{FRONT_DOOR}.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        check_file_size(path.stat().st_size, str(path))
+        text = path.read_text(encoding="utf-8")
+        loader = yaml.SafeLoader(text)
+        try:  # compose first: an alias is then one shared node, so its expanded size can be counted
+            node = loader.get_single_node()
+            check_yaml_size(node, str(path))
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise FmbError(f"config file {path} is nested too deeply; expected a YAML config of plain sections") from None
     except UnicodeDecodeError:
         raise FmbError(f"config file {path} is not UTF-8 text; expected a YAML file") from None
     except OSError as exc:
@@ -71,6 +85,7 @@ def read_yaml(path: str | Path) -> DictConfig:
     if not isinstance(data, dict):
         raise FmbError(f"config file {path} must hold a mapping of sections (model:, data:, ...), "
                        f"got {type(data).__name__}")
+    check_no_env_lookup(data, str(path))
     return OmegaConf.create(_migrate(data))
 
 
@@ -93,6 +108,7 @@ def parse_overrides(items) -> tuple[list[tuple[str, str]], DictConfig]:
         if not value.strip():
             raise FmbError(f"override '{text}' has no value; expected {key.strip()}=VALUE, or {key.strip()}=null "
                            "for the default")
+        check_no_env_lookup(value, f"override '{text}'", key.strip())
         if key.strip() in GROUPS:
             groups.append((key.strip(), value.strip()))
         else:
@@ -101,6 +117,10 @@ def parse_overrides(items) -> tuple[list[tuple[str, str]], DictConfig]:
         nested = OmegaConf.to_container(OmegaConf.from_dotlist(dotted))
     except OmegaConfBaseException as exc:
         raise FmbError(f"cannot parse overrides {' '.join(dotted)}: {str(exc).splitlines()[0]}") from None
+    for section, value in nested.items():  # `model=5`: a section is a mapping of keys, not one value
+        if section in SECTIONS and not isinstance(value, dict):
+            raise FmbError(f"override {section}={value} sets a whole section to one value; expected "
+                           f"{section}.KEY=VALUE, e.g. {SECTIONS[section]}")
     stages = (nested.get("model") or {}).get("stage_overrides")
     if isinstance(stages, dict):  # `model.stage_overrides.4.k=v` names stage 4, as YAML's {4: ...} does
         nested["model"]["stage_overrides"] = {int(k) if str(k).isdigit() else k: v for k, v in stages.items()}

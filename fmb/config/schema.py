@@ -233,6 +233,8 @@ class RunConfig:
         if len(set(self.loggers)) != len(self.loggers):
             raise _bad("run.loggers", list(self.loggers), "each logger once")
         check_number("run.progress_every", self.progress_every, low=0, expected="a whole number >= 0")
+        from fmb.config.checks import check_run_dir, check_run_name, check_seed
+        check_run_name(self.name), check_run_dir(self.dir), check_seed(self.seed)
 
 
 def default_trainer() -> dict[str, Any]:

@@ -28,6 +28,7 @@ TYPES = {
     "devices": ((int, str, list), "a count, a list of ids, or 'auto'"),
     "precision": ((int, str), "auto (fmb picks for the hardware) or one of 32-true, 16-mixed, bf16-mixed, 64-true"),
 }
+AT_LEAST_ONE = ("accumulate_grad_batches", "log_every_n_steps", "check_val_every_n_epoch", "num_nodes")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "deepspeed", "fsdp", "single_device",
               "ddp_find_unused_parameters_true")
 
@@ -53,6 +54,10 @@ def check_trainer(trainer: dict) -> None:
             raise FmbError(f"wrong type for 'trainer.{key}': {value!r}; expected {expected[1]}")
         if isinstance(value, float) and value != value:
             raise FmbError(f"invalid trainer.{key}=nan; expected a number")
+    for key in AT_LEAST_ONE:  # Lightning refuses 0 deep inside fit, as a raw exception
+        value = trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise FmbError(f"invalid trainer.{key}={value}; expected {TYPES[key][1]}, e.g. trainer.{key}=1")
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise FmbError(f"invalid trainer.max_epochs={max_epochs}; expected at least 1 epoch (-1 for no limit)")
