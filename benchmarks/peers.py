@@ -35,13 +35,18 @@ import torchvision
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from fmb.models import create_model, fuse_bn
+from fmb.models import cpu_fast_paths, create_model, fuse_bn
 
 FAMILIES = {  # fmb name: (timm name, torchvision name)
     "efficientnetv2_s": ("efficientnetv2_s", "efficientnet_v2_s"),
     "efficientnet_b0": ("efficientnet_b0", "efficientnet_b0"),
     "efficientnet_b4": ("efficientnet_b4", "efficientnet_b4"),
 }
+
+
+def fmb_model(name):
+    """The network as `fmb train`, `fmb eval` and `fmb profile` run it (small-map paths opted in)."""
+    return cpu_fast_paths(create_model(name))
 
 
 def bf16():
@@ -93,7 +98,7 @@ def auto_mode():
 def bench_family(fmb_name, args, x, y):
     timm_name, tv_name = FAMILIES[fmb_name]
     torch.manual_seed(0)
-    fmb = create_model(fmb_name)
+    fmb = fmb_model(fmb_name)
     peers = {"timm": timm.create_model(timm_name), "torchvision": getattr(torchvision.models, tv_name)()}
     xcl = x.contiguous(memory_format=torch.channels_last)
     fast = fuse_bn(fmb).to(memory_format=torch.channels_last)
@@ -108,14 +113,14 @@ def bench_family(fmb_name, args, x, y):
         infer["fmb fast auto compiled"] = infer_fn(compiled, xcl, auto_ctx)
         infer["fmb fast auto compiled"]()  # compile outside the race
     res = {"infer": race(infer, args.rounds, args.warmup, args.iters)}
-    fmb_cl = create_model(fmb_name).to(memory_format=torch.channels_last)
+    fmb_cl = fmb_model(fmb_name).to(memory_format=torch.channels_last)
     train = {"fmb": train_fn(fmb, x, y), **{k: train_fn(m, x, y) for k, m in peers.items()}}
     if not args.no_bf16:
         train["fmb bf16 channels_last"] = train_fn(fmb_cl, xcl, y, bf16)
     if use_bf16 or use_cl:  # auto differs from eager fp32 here: time it, and timm the same way
         fmt = torch.channels_last if use_cl else torch.contiguous_format
         xa = x.contiguous(memory_format=fmt)
-        train["fmb auto"] = train_fn(create_model(fmb_name).to(memory_format=fmt), xa, y, auto_ctx)
+        train["fmb auto"] = train_fn(fmb_model(fmb_name).to(memory_format=fmt), xa, y, auto_ctx)
         train["timm auto"] = train_fn(timm.create_model(timm_name).to(memory_format=fmt), xa, y, auto_ctx)
     res["train"] = race(train, args.rounds, args.warmup, args.iters)
     return res

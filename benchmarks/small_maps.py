@@ -18,7 +18,7 @@ from peers import race
 from torch import nn
 
 from fmb.models.layers import DepthwiseConv2d, PointwiseConv2d
-from fmb.models.small_maps import use_depthwise_matrix, use_pointwise_linear
+from fmb.models.small_maps import cpu_fast_paths, use_depthwise_matrix, use_pointwise_linear
 
 # (kind, channels in, channels out or kernel size, map side, batch)
 SHAPES = [
@@ -31,7 +31,7 @@ SHAPES = [
 
 
 def layer_pair(kind: str, a: int, b: int) -> tuple[nn.Module, nn.Module]:
-    fmb_layer = DepthwiseConv2d(a, b) if kind == "depthwise" else PointwiseConv2d(a, b)
+    fmb_layer = cpu_fast_paths(DepthwiseConv2d(a, b) if kind == "depthwise" else PointwiseConv2d(a, b))
     torch_layer = (nn.Conv2d(a, a, b, 1, b // 2, groups=a, bias=False) if kind == "depthwise"
                    else nn.Conv2d(a, b, 1, bias=False))
     torch_layer.load_state_dict(fmb_layer.state_dict())

@@ -1,4 +1,5 @@
-"""The CPU fast paths for small maps (models/small_maps.py) compute the ordinary conv exactly."""
+"""The CPU fast paths for small maps (models/small_maps.py) compute the ordinary conv exactly,
+and only models opted in with `cpu_fast_paths` take them."""
 import itertools
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fmb
-from fmb.models import layers, small_maps
+from fmb.models import cpu_fast_paths, plain_convs, small_maps
 from fmb.models.layers import Conv2dSame, DepthwiseConv2d, PointwiseConv2d
 
 
@@ -35,7 +36,7 @@ def _reference_depthwise(conv: DepthwiseConv2d) -> torch.nn.Module:
     if p[0] * p[1] <= p[2] * p[2]])
 def test_depthwise_matrix_equals_the_conv_with_its_gradients(h, w, k, stride, tf_same, bias):
     torch.manual_seed(0)
-    conv = DepthwiseConv2d(6, k, stride, tf_same=tf_same).double()
+    conv = cpu_fast_paths(DepthwiseConv2d(6, k, stride, tf_same=tf_same).double())
     if bias:  # fuse_bn gives the conv a bias
         conv.bias = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
     x = torch.randn(3, 6, h, w, dtype=torch.float64)
@@ -52,7 +53,7 @@ def test_depthwise_matrix_equals_the_conv_with_its_gradients(h, w, k, stride, tf
     (1, 1, False, False), (2, 2, True, False), (4, 4, False, True), (3, 5, True, True)])
 def test_pointwise_linear_equals_the_conv_and_keeps_the_memory_format(h, w, bias, channels_last):
     torch.manual_seed(0)
-    conv = PointwiseConv2d(8, 5, bias=bias).double()
+    conv = cpu_fast_paths(PointwiseConv2d(8, 5, bias=bias).double())
     ref = torch.nn.Conv2d(8, 5, 1, bias=bias).double()
     ref.load_state_dict(conv.state_dict())
     x = torch.randn(2, 8, h, w, dtype=torch.float64)
@@ -77,7 +78,7 @@ def test_larger_maps_take_the_ordinary_conv():
 def test_a_32px_model_takes_both_paths_and_trains_like_the_plain_convs(monkeypatch):
     """V2-S at 32 px reaches 1×1 maps: both paths run, and one SGD step matches the plain convs."""
     calls = {"depthwise": 0, "pointwise": 0}
-    depthwise, pointwise = layers.depthwise_as_matrix, layers.pointwise_as_linear
+    depthwise, pointwise = small_maps.depthwise_as_matrix, small_maps.pointwise_as_linear
 
     def counted(name, fn):
         def wrapper(*args):
@@ -89,20 +90,21 @@ def test_a_32px_model_takes_both_paths_and_trains_like_the_plain_convs(monkeypat
     model = fmb.create_model("efficientnetv2_s", num_classes=10, width_mult=0.25, depth_mult=0.25).double()
     x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
 
-    def step():
+    def step(fast: bool):
         torch.manual_seed(1)
         net = fmb.create_model("efficientnetv2_s", num_classes=10, width_mult=0.25, depth_mult=0.25).double()
         net.load_state_dict(model.state_dict())
+        if fast:
+            cpu_fast_paths(net)
         F.cross_entropy(net(x), y).backward()
         return [p.grad for p in net.parameters()]
 
-    monkeypatch.setattr(layers, "depthwise_as_matrix", counted("depthwise", depthwise))
-    monkeypatch.setattr(layers, "pointwise_as_linear", counted("pointwise", pointwise))
-    fast = step()
+    monkeypatch.setattr(small_maps, "depthwise_as_matrix", counted("depthwise", depthwise))
+    monkeypatch.setattr(small_maps, "pointwise_as_linear", counted("pointwise", pointwise))
+    plain = step(fast=False)
+    assert calls == {"depthwise": 0, "pointwise": 0}  # create_model alone: the ordinary convs
+    fast = step(fast=True)
     assert calls["depthwise"] > 0 and calls["pointwise"] > 0
-    monkeypatch.setattr(layers, "use_depthwise_matrix", lambda x, k: False)
-    monkeypatch.setattr(layers, "use_pointwise_linear", lambda x: False)
-    plain = step()
     for f, p in zip(fast, plain):
         torch.testing.assert_close(f, p, rtol=1e-7, atol=1e-10)
 
@@ -110,9 +112,22 @@ def test_a_32px_model_takes_both_paths_and_trains_like_the_plain_convs(monkeypat
 def test_a_first_forward_under_inference_mode_does_not_break_training():
     """Lightning validates (inference_mode) before it trains: the cached tap index must stay usable."""
     small_maps.tap_index.cache_clear()
-    conv = DepthwiseConv2d(4, 3)
+    conv = cpu_fast_paths(DepthwiseConv2d(4, 3))
     x = torch.randn(2, 4, 2, 2)
     with torch.inference_mode():
         conv(x)
     conv(x).sum().backward()
     assert conv.weight.grad is not None
+
+
+def test_fast_paths_keep_parameters_and_state_and_plain_convs_undo_them_for_a_while():
+    model = fmb.create_model("efficientnetv2_b0", num_classes=5, width_mult=0.25, depth_mult=0.25)
+    params, keys = [id(p) for p in model.parameters()], list(model.state_dict())
+    assert cpu_fast_paths(model) is model
+    assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
+    kinds = {type(m) for m in model.modules()}
+    assert small_maps.SmallMapDepthwiseConv2d in kinds and small_maps.SmallMapPointwiseConv2d in kinds
+    with plain_convs(model):
+        assert not {small_maps.SmallMapDepthwiseConv2d, small_maps.SmallMapPointwiseConv2d} & {
+            type(m) for m in model.modules()}
+    assert {type(m) for m in model.modules()} == kinds

@@ -8,18 +8,7 @@ from safetensors.torch import save_file
 import fmb
 from fmb.errors import FmbError
 from fmb.models import get_variant
-from fmb.models.small_maps import plain_convs
 from fmb.models.weights import detect_origin, load_into
-
-
-@pytest.fixture(autouse=True)
-def _same_kernels_as_the_source():
-    """Random BN statistics make the deep models chaotic: on the small maps of these inputs, the
-    CPU fast path's other summation order (proved equal to the conv, gradients included, in
-    test_models_small_maps.py) would show here as large noise, not as a wrong layer. So the
-    layouts are compared with the kernels the source uses."""
-    with plain_convs():
-        yield
 
 
 def _randomise_bn_stats(model):
@@ -84,6 +73,26 @@ def test_every_peer_variant_gives_the_source_logits(make_source, name, padding, 
     with torch.no_grad():
         diff = (model(x) - source(x)).abs().max().item()
     assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("make_source, name, padding", [
+    pytest.param(_timm("tf_efficientnetv2_s"), "efficientnetv2_s", "same", id="timm-tf_efficientnetv2_s"),
+    pytest.param(_tv("efficientnet_v2_s"), "efficientnetv2_s", "symmetric", id="torchvision-efficientnet_v2_s"),
+    pytest.param(_timm("efficientnet_b0"), "efficientnet_b0", "symmetric", id="timm-efficientnet_b0"),
+])
+def test_create_model_alone_gives_the_source_logits_at_every_size(make_source, name, padding):
+    """No context manager, no transform: `create_model` computes what timm and torchvision compute,
+    at odd and small sizes (where the last maps are 3x3 down to 1x1) and at the variant's own size."""
+    torch.manual_seed(0)
+    source = _randomise_bn_stats(make_source())
+    state = source.state_dict()
+    model = fmb.create_model(name, padding=padding)
+    load_into(model, state, detect_origin(state, get_variant(name).family, padding))
+    model.eval()
+    for size in (67, 128, get_variant(name).eval_size):
+        x = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            assert (model(x) - source(x)).abs().max().item() <= 1e-5, size
 
 
 def _sorted(state):

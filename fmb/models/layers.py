@@ -8,13 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmb.models.small_maps import (
-    depthwise_as_matrix,
-    pointwise_as_linear,
-    use_depthwise_matrix,
-    use_pointwise_linear,
-)
-
 # The official code uses eps 1e-3 for V1 and V2; PyTorch-trained ports (timm, torchvision
 # B0-B4) use 1e-5. A built model carries its own eps and momentum (EfficientNet.bn_eps,
 # .bn_momentum) so imported weights give their source's logits (see weights.py).
@@ -62,30 +55,28 @@ def conv2d(in_ch, out_ch, kernel_size, stride=1, groups=1, padding="symmetric", 
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """MBConv's depthwise k×k conv, symmetric or TF "same" padded (small_maps.py's path on tiny maps)."""
+    """MBConv's depthwise k×k conv, symmetric or TF "same" padded (small_maps.py can opt it into
+    a faster path on tiny CPU maps)."""
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, tf_same: bool = False):
         super().__init__(channels, channels, kernel_size, stride, 0 if tf_same else kernel_size // 2,
                          groups=channels, bias=False)
         self.tf_same = tf_same
 
+    def pads(self, x: torch.Tensor) -> list[int]:
+        """Zero padding of x in F.pad's order [left, right, top, bottom]."""
+        return tf_same_pads(x, self.kernel_size[0], self.stride[0]) if self.tf_same else [self.padding[0]] * 4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s = self.kernel_size[0], self.stride[0]
-        pads = tf_same_pads(x, k, s) if self.tf_same else [self.padding[0]] * 4
-        if use_depthwise_matrix(x, k):
-            return depthwise_as_matrix(x, self.weight, self.bias, s, pads)
-        if self.tf_same and any(pads):
-            x = F.pad(x, pads)
+        if self.tf_same:
+            pads = self.pads(x)
+            if any(pads):
+                x = F.pad(x, pads)
         return super().forward(x)
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """A 1×1 conv (small_maps.py's linear path on small maps)."""
+    """A 1×1 conv (small_maps.py can opt it into a linear layer on small CPU maps)."""
 
     def __init__(self, in_ch: int, out_ch: int, bias: bool = False):
         super().__init__(in_ch, out_ch, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_pointwise_linear(x):
-            return pointwise_as_linear(x, self.weight, self.bias)
-        return super().forward(x)

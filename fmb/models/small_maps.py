@@ -11,6 +11,11 @@ So on such maps each conv is computed as what it is: a depthwise conv as one sma
 (outputs × inputs) matrix per channel gathered from its kernel, a 1×1 conv as a linear layer.
 Same sums up to float rounding, same gradients, same parameters and state_dict. Larger maps
 and other devices take the ordinary conv (where these paths measured no faster).
+
+`create_model` builds plain convs, so a model computes exactly what timm and torchvision compute;
+`cpu_fast_paths(model)` opts a model into these paths (training, eval, predict and profile do,
+like `fuse_bn` for inference), and `plain_convs(model)` takes one model back to plain convs for
+a while (FLOP counts: the papers count a conv's MACs, not this matrix's).
 """
 from __future__ import annotations
 
@@ -19,29 +24,68 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from fmb.models.layers import DepthwiseConv2d, PointwiseConv2d
 
 POINTWISE_MAX_POSITIONS = 16
-_enabled = True
-
-
-@contextlib.contextmanager
-def plain_convs():
-    """Ordinary convs on every map inside the block: for FLOP counts (the papers count a conv's
-    MACs, not this matrix's) and for bit-for-bit comparisons with timm and torchvision."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
 
 
 def use_depthwise_matrix(x: torch.Tensor, kernel_size: int) -> bool:
-    return _enabled and x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= kernel_size * kernel_size
+    return x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= kernel_size * kernel_size
 
 
 def use_pointwise_linear(x: torch.Tensor) -> bool:
-    return _enabled and x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= POINTWISE_MAX_POSITIONS
+    return x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= POINTWISE_MAX_POSITIONS
+
+
+class SmallMapDepthwiseConv2d(DepthwiseConv2d):
+    """A DepthwiseConv2d that computes tiny CPU maps as a per-channel matrix (no state of its own)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        if use_depthwise_matrix(x, k):
+            return depthwise_as_matrix(x, self.weight, self.bias, self.stride[0], self.pads(x))
+        return super().forward(x)
+
+
+class SmallMapPointwiseConv2d(PointwiseConv2d):
+    """A PointwiseConv2d that computes small CPU maps as a linear layer (no state of its own)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_pointwise_linear(x):
+            return pointwise_as_linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+_FAST = {DepthwiseConv2d: SmallMapDepthwiseConv2d, PointwiseConv2d: SmallMapPointwiseConv2d}
+_PLAIN = {fast: plain for plain, fast in _FAST.items()}
+
+
+def _swap(model: nn.Module, table: dict) -> nn.Module:
+    # The class is swapped in place, not the module replaced: the optimizer's parameters, the
+    # state_dict keys and any hooks stay exactly as they were (the classes add no state).
+    for module in model.modules():
+        if type(module) in table:
+            module.__class__ = table[type(module)]
+    return model
+
+
+def cpu_fast_paths(model: nn.Module) -> nn.Module:
+    """Opt `model` (in place) into the small-map paths; other devices and larger maps are unaffected."""
+    return _swap(model, _FAST)
+
+
+@contextlib.contextmanager
+def plain_convs(model: nn.Module):
+    """`model` with ordinary convs inside the block, its fast paths (if any) back afterwards."""
+    swapped = [m for m in model.modules() if type(m) in _PLAIN]
+    _swap(model, _PLAIN)
+    try:
+        yield model
+    finally:
+        for module in swapped:
+            module.__class__ = _FAST[type(module)]
 
 
 def depthwise_as_matrix(x, weight, bias, stride: int, pads: list[int]) -> torch.Tensor:

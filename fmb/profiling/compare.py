@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from fmb.models import create_model, folding_pays, fuse_bn, get_variant
+from fmb.models import cpu_fast_paths, create_model, folding_pays, fuse_bn, get_variant
 from fmb.profiling.measure import count_module_macs, count_params, infer_step, time_call, train_step
 
 EVEN = 1.05  # speedups within 5% either way are called even: the machine's noise is larger
@@ -48,7 +48,7 @@ def compare_blocks(model_kwargs: dict, *, resolution: int, batch_size: int, devi
                                      for s, d in kwargs["stage_overrides"].items()}
     n = len(get_variant(kwargs["name"]).stages)
     fold = folding_pays(device, precision)
-    builds = {block: create_model(**kwargs, blocks=letter * n).to(device)
+    builds = {block: cpu_fast_paths(create_model(**kwargs, blocks=letter * n)).to(device)
               for block, letter in (("mbconv", "M"), ("fused", "F"))}
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     modes = [m for m in ("infer", "train") if mode in (m, "both")]

@@ -31,7 +31,7 @@ def _counted_forward(module: nn.Module, x: torch.Tensor) -> FlopCounterMode:
     """An eval-mode forward of `x` under FlopCounterMode; the counter holds per-module FLOPs."""
     was_training = module.training
     module.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad(), plain_convs():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), plain_convs(module):
         module(x)
     module.train(was_training)
     return counter
@@ -123,6 +123,29 @@ def time_call(fn, *, warmup: int, iters: int) -> dict:
         fn()
     timer = _timer_class()("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return summarize([timer.timeit(1).times[0] * 1e3 for _ in range(iters)])
+
+
+def time_alternating(steps: dict, *, warmup: int, rounds: int) -> dict:
+    """{label: summarize(...)} of `rounds` timed calls of each `steps[label]`, taken round by round.
+
+    Each contender gets its own `warmup` untimed calls first (the first one also pays the
+    process's warm-up, untimed); then every round times each contender once, the order
+    rotated so that none always follows the same neighbour or goes first while the
+    machine's load drifts. Medians of such rounds are what makes contenders comparable on
+    a shared machine, whatever order they were listed in.
+    """
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    timer_class = _timer_class()
+    timers = {label: timer_class("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+              for label, fn in steps.items()}
+    labels, times = list(steps), {label: [] for label in steps}
+    for r in range(rounds):
+        shift = r % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            times[label].append(timers[label].timeit(1).times[0] * 1e3)
+    return {label: summarize(ms) for label, ms in times.items()}
 
 
 def summarize(times_ms: list[float]) -> dict:

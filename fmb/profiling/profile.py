@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fmb.errors import FmbError, choice_error
-from fmb.models import build_stages, create_model, folding_pays, fuse_bn
+from fmb.models import build_stages, cpu_fast_paths, create_model, folding_pays, fuse_bn
 from fmb.profiling import compare
 from fmb.profiling.measure import (
     PRECISIONS,
@@ -135,7 +135,7 @@ def measure_model(model_kwargs: dict, batch_size: int, opts: dict, result: dict)
     """Time and size one model at `batch_size`, filling `result` in place."""
     device, precision, mode, res = opts["device"], opts["precision"], opts["mode"], opts["resolution"]
     timing = {"warmup": opts["warmup"], "iters": opts["iters"]}
-    model = create_model(**model_kwargs).to(device)
+    model = cpu_fast_paths(create_model(**model_kwargs)).to(device)  # what fmb train and eval run
     train_model, infer_model, eager_infer = _prepare(model, channels_last=opts["channels_last"],
                                                      compile=opts["compile"], fast=opts["fast"],
                                                      fold=folding_pays(device, precision))

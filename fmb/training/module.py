@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fmb.config import ModelConfig, TrainConfig, from_dict, to_dict
 from fmb.errors import FmbError
-from fmb.models import create_model
+from fmb.models import cpu_fast_paths, create_model
 from fmb.training.auto import model_settings
 from fmb.training.ema import WarmupEMAWeightAveraging
 from fmb.training.optim import build_optimizer, effective_lr, global_batch_size, lr_factor, param_groups
@@ -46,7 +46,10 @@ class ImageClassifier(L.LightningModule):
         self.cfg = from_dict(config) if isinstance(config, dict) else config
         self.save_hyperparameters({"config": to_dict(self.cfg), "num_classes": num_classes,
                                    "class_names": class_names, "bn_kwargs": bn_kwargs})
-        self.model = create_model(**model_kwargs(self.cfg.model), num_classes=num_classes, **(bn_kwargs or {}))
+        # The small-map conv paths are opted into here: they change no weight and no result
+        # beyond float rounding, and only run on CPU maps where they measured faster.
+        self.model = cpu_fast_paths(create_model(**model_kwargs(self.cfg.model), num_classes=num_classes,
+                                                 **(bn_kwargs or {})))
         # `auto` values are decided for this machine (fmb train has already written them in).
         self.channels_last, compile_model = model_settings(self.cfg)
         if self.channels_last:
