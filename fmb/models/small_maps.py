@@ -71,9 +71,10 @@ def _swap(model: nn.Module, table: dict) -> nn.Module:
     return model
 
 
-def cpu_fast_paths(model: nn.Module) -> nn.Module:
-    """Opt `model` (in place) into the small-map paths; other devices and larger maps are unaffected."""
-    return _swap(model, _FAST)
+def cpu_fast_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Opt `model` (in place) into the small-map paths (other devices and larger maps are
+    unaffected), or with enabled=False back out of them (exports: portable ordinary convs)."""
+    return _swap(model, _FAST if enabled else _PLAIN)
 
 
 @contextlib.contextmanager
