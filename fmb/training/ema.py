@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from fmb.compat import ema_averaged_module, ema_use_multi_avg_fn
+
 
 def warmup_decay(decay: float, n):
     """TF's decay for the n-th update (n counts from 1): min(decay, (1 + n) / (10 + n)).
@@ -57,12 +59,9 @@ class WarmupEMAWeightAveraging(EMAWeightAveraging):
         super().__init__(decay=decay, **kwargs)
         self.decay, self.warmup = decay, warmup
         if warmup:
-            # The parent passed avg_fn (fixed decay); AveragedModel prefers multi_avg_fn only
-            # when avg_fn is absent, so swap one for the other.
-            self._kwargs.pop("avg_fn", None)
-            self._kwargs["multi_avg_fn"] = warmup_ema_multi_avg_fn(decay)
+            ema_use_multi_avg_fn(self, warmup_ema_multi_avg_fn(decay))
 
     def raw_model(self):
         """The raw (un-averaged) model while validation runs on the averaged weights:
         Lightning swaps them, so the averaged copy then holds the raw ones. None before fit."""
-        return None if self._average_model is None else self._average_model.module
+        return ema_averaged_module(self)

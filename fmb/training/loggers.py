@@ -12,40 +12,17 @@ the resolved placement, parameter count, classes and global batch (`LogHyperpara
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from fmb.compat import ResumableCSVLogger
 from fmb.errors import FmbError
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's writer deletes an existing metrics.csv; a resumed run must keep its history."""
-
-    def _check_log_dir_exists(self) -> None:
-        path = Path(self.metrics_file_path)
-        if path.is_file():
-            with open(path, newline="") as f:
-                self.metrics_keys = list(next(csv.reader(f), []))
-
-
-class ResumableCSVLogger(CSVLogger):
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
 
 
 def _missing(name: str, package: str) -> FmbError:

@@ -1,0 +1,61 @@
+"""Every private surface of Lightning and torch that fmb relies on, in one place.
+
+Each is used because the public API lacks the hook; each has a test (tests/test_compat.py)
+that fails on a Lightning or torch release that moves it, and pyproject.toml bounds
+Lightning's version above the last one tested.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+# torch.cpu reports native bf16 only through private probes (torch 2.x).
+_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
+def cpu_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 arithmetic in hardware rather than emulated through fp32."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in _BF16_PROBES)
+
+
+def ema_use_multi_avg_fn(callback: EMAWeightAveraging, multi_avg_fn) -> None:
+    """Make Lightning's EMA callback average with `multi_avg_fn`: it passes a fixed-decay
+    `avg_fn` to AveragedModel, which prefers multi_avg_fn only when avg_fn is absent, and keeps
+    those arguments in the private `_kwargs`."""
+    callback._kwargs.pop("avg_fn", None)
+    callback._kwargs["multi_avg_fn"] = multi_avg_fn
+
+
+def ema_averaged_module(callback: EMAWeightAveraging):
+    """The module inside the callback's AveragedModel (private `_average_model`), or None before fit."""
+    average = callback._average_model
+    return None if average is None else average.module
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's writer deletes an existing metrics.csv (in the private `_check_log_dir_exists`);
+    a resumed run must keep its history, so this one reads the existing header instead."""
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with open(path, newline="") as f:
+                self.metrics_keys = list(next(csv.reader(f), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger whose experiment is the appending writer (its private `_experiment`, `_fs`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

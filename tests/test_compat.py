@@ -1,0 +1,36 @@
+"""Each private Lightning/torch surface in fmb/compat.py still exists and still does what fmb needs."""
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+
+from fmb import compat
+
+
+def test_torch_cpu_bf16_probes_exist_and_answer_a_bool():
+    for probe in compat._BF16_PROBES:
+        assert callable(getattr(torch.cpu, probe)), probe
+    assert isinstance(compat.cpu_native_bf16(), bool)
+
+
+def test_ema_callback_takes_a_multi_avg_fn_in_place_of_its_fixed_decay():
+    callback = EMAWeightAveraging(decay=0.9)
+    assert "avg_fn" in callback._kwargs  # the fixed-decay average the swap removes
+
+    def average(ema_params, model_params, num_averaged):
+        pass
+    compat.ema_use_multi_avg_fn(callback, average)
+    assert "avg_fn" not in callback._kwargs and callback._kwargs["multi_avg_fn"] is average
+    assert compat.ema_averaged_module(callback) is None  # before fit: no averaged copy yet
+    model = torch.nn.Linear(2, 2)
+    callback._average_model = torch.optim.swa_utils.AveragedModel(model, **callback._kwargs)
+    assert compat.ema_averaged_module(callback) is callback._average_model.module
+
+
+def test_csv_logger_appends_to_an_existing_metrics_file(tmp_path):
+    logger = compat.ResumableCSVLogger(tmp_path, name="", version="")
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    again = compat.ResumableCSVLogger(tmp_path, name="", version="")
+    again.log_metrics({"loss": 0.5}, step=1)
+    again.save()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["loss", "step"] and len(rows) == 3  # header once, both rows kept
