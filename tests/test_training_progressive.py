@@ -51,6 +51,32 @@ def test_official_schedule_follows_google_automl():
     assert large[-1].randaugment_magnitude == 20
 
 
+def test_official_levels_are_numpy_linspace_unrounded():
+    # main.py: ram_list = np.linspace(5, config.data.ram, total_stages), each handed on as a float;
+    # mixup_list / cutmix_list = np.linspace(0, alpha, total_stages)
+    np = pytest.importorskip("numpy")
+    for variant, size, level, mix in (("efficientnetv2_s", 300, 10, 0.0), ("efficientnetv2_m", 384, 15, 0.2)):
+        plan = plan_stages(variant, max_epochs=8, stages=4, max_image_size=size, schedule="official")
+        assert [v.randaugment_magnitude for v in plan] == pytest.approx(list(np.linspace(5, level, 4)), abs=1e-12)
+        assert [v.mixup_alpha for v in plan] == pytest.approx(list(np.linspace(0, mix, 4)), abs=1e-12)
+        assert not any(v.autoaugment for v in plan)
+
+
+@pytest.mark.parametrize("variant, size, sizes", [
+    ("efficientnetv2_b0", 192, [144, 160, 176, 192]), ("efficientnetv2_b3", 240, [156, 184, 212, 240]),
+    ("efficientnet_b0", 192, [144, 160, 176, 192]), ("efficientnet_b4", 192, [144, 160, 176, 192]),
+])
+def test_official_schedule_gives_b0_to_b3_and_v1_autoaugment_not_the_randaugment_ramp(variant, size, sizes):
+    # effnetv2_configs.py: V2-B0..B3 are (..., randaug 0, mixup 0, 'effnetv1_autoaug'), V1 'effnetv1_autoaug';
+    # main.py: int(ibase + (train size - ibase) * (i + 1) / 4) with ibase 128 (hparams.py data.ibase)
+    plan = plan_stages(variant, max_epochs=8, stages=4, max_image_size=size, schedule="official")
+    assert all(v.autoaugment and v.randaugment_magnitude == 0 for v in plan)
+    assert all(v.mixup_alpha == v.cutmix_alpha == 0 for v in plan)
+    assert [v.image_size for v in plan] == sizes
+    paper = plan_stages(variant, max_epochs=8, stages=4, max_image_size=size, schedule="paper")
+    assert not any(v.autoaugment for v in paper)  # the paper schedule has no B0-B3 row: S's ramp, documented
+
+
 def test_never_an_empty_stage():
     plan = plan_stages("efficientnetv2_s", max_epochs=3, stages=4, max_image_size=64)
     assert len(plan) == 3 and [(v.first_epoch, v.last_epoch) for v in plan] == [(0, 0), (1, 1), (2, 2)]

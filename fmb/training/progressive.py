@@ -9,8 +9,13 @@ Two schedules, `progressive.schedule`:
   M 128→380, 5→20, 0→0.2, 0.1→0.4; L 128→380, 5→25, 0→0.4, 0.1→0.5.
 - `official` (google/automl efficientnetv2/main.py and effnetv2_configs.py): stage i of n
   trains at int(128 + (size - 128) * (i + 1) / n) px (so the first stage is already above
-  128), RandAugment from 5 to the variant's level (S 10, M 15, L/XL 20), mixup and cutmix
-  both from 0 to the variant's alpha (S 0, M 0.2, L/XL 0.5); dropout stays the model's.
+  128), RandAugment from 5 to the variant's level (S 10, M 15, L/XL 20) as
+  np.linspace(5, level, n) — fractional levels (6.67, 8.33) reach the ops unrounded —, mixup
+  and cutmix both from 0 to the variant's alpha (S 0, M 0.2, L/XL 0.5); dropout stays the
+  model's. V2-B0..B3 (and V1) train with the AutoAugment policy v0 instead of RandAugment
+  and without mixing (augname 'effnetv1_autoaug', ram and mixup 0 in effnetv2_configs.py):
+  only their image size ramps. The official V1 configs set no stages at all; fmb ramps the
+  size when progressive learning is on and keeps V2-B's AutoAugment.
 """
 from __future__ import annotations
 
@@ -33,12 +38,20 @@ OFFICIAL = {
     "m": {"image_size": (128, 384), "randaugment": (5, 15), "mix": (0.0, 0.2)},
     "l": {"image_size": (128, 384), "randaugment": (5, 20), "mix": (0.0, 0.5)},
 }
+# V2-B0..B3 train at 192/192/208/240 from the same base 128, with AutoAugment and no mixing;
+# V1 has no official stages and takes B0's sizes.
+OFFICIAL_B_TRAIN_SIZE = {"b0": 192, "b1": 192, "b2": 208, "b3": 240}
 MIN_IMAGE_SIZE = 16
 
 
 def size_class(variant: str) -> str:
     suffix = variant.rsplit("_", 1)[-1]
     return "m" if suffix == "m" else "l" if suffix in ("l", "xl") else "s"
+
+
+def official_autoaugment(variant: str) -> bool:
+    """V2-B0..B3 and V1: the official configs' augname is 'effnetv1_autoaug' (effnetv2_configs.py)."""
+    return variant.startswith("efficientnet_b") or variant.rsplit("_", 1)[-1] in ("b0", "b1", "b2", "b3")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class StageValues:
     mixup_alpha: float
     dropout: float | None  # None: the model's own (official schedule)
     cutmix_alpha: float | None = None  # None: aug.cutmix_alpha throughout (paper schedule)
+    autoaugment: bool = False  # the official AutoAugment v0 replaces RandAugment (official schedule, B0-B3/V1)
 
 
 def _lerp(bounds: tuple[float, float], i: int, n: int) -> float:
@@ -67,6 +81,9 @@ def plan_stages(variant: str, max_epochs: int, stages: int, max_image_size: int,
     16 px), unless `overrides` gives min/max values explicitly.
     """
     table = (PAPER if schedule == "paper" else OFFICIAL)[size_class(variant)]
+    if schedule == "official" and official_autoaugment(variant):
+        suffix = variant.rsplit("_", 1)[-1]
+        table = {"image_size": (128, OFFICIAL_B_TRAIN_SIZE.get(suffix, 192)), "randaugment": (0, 0), "mix": (0.0, 0.0)}
     o = {k: v for k, v in (overrides or {}).items() if v is not None}
     low, high = table["image_size"]
     top = int(o.get("max_image_size", max_image_size))
@@ -84,11 +101,15 @@ def plan_stages(variant: str, max_epochs: int, stages: int, max_image_size: int,
                 dropout=round(_lerp((o.get("min_dropout", table["dropout"][0]),
                                      o.get("max_dropout", table["dropout"][1])), i, n), 4))
         else:
-            mix = round(_lerp((o.get("min_mixup", table["mix"][0]), o.get("max_mixup", table["mix"][1])), i, n), 4)
+            mix = _lerp((o.get("min_mixup", table["mix"][0]), o.get("max_mixup", table["mix"][1])), i, n)
             values = dict(image_size=int(bottom + (top - bottom) * (i + 1) / n), mixup_alpha=mix, cutmix_alpha=mix,
                           dropout=None)
-        plan.append(StageValues(stage=i + 1, first_epoch=first, last_epoch=last,
-                                randaugment_magnitude=round(_lerp(randaugment, i, n), 3), **values))
+            if official_autoaugment(variant):
+                values.update(mixup_alpha=0.0, cutmix_alpha=0.0, autoaugment=True)
+        # Not rounded: the official code hands np.linspace(5, level, n) to RandAugment as floats.
+        magnitude = 0.0 if values.get("autoaugment") else _lerp(randaugment, i, n)
+        plan.append(StageValues(stage=i + 1, first_epoch=first, last_epoch=last, randaugment_magnitude=magnitude,
+                                **values))
     return plan
 
 
@@ -114,9 +135,11 @@ class ProgressiveLearning(Callback):
 
     def _apply(self, trainer, pl_module, epoch: int) -> StageValues:
         values = self.values_for(epoch)
+        # autoaugment only where a stage uses it, so a datamodule without that stage value still serves the rest
+        extra = {"autoaugment": True} if values.autoaugment else {}
         trainer.datamodule.set_train_stage(image_size=values.image_size,
                                            randaugment_magnitude=values.randaugment_magnitude,
-                                           mixup_alpha=values.mixup_alpha, cutmix_alpha=values.cutmix_alpha)
+                                           mixup_alpha=values.mixup_alpha, cutmix_alpha=values.cutmix_alpha, **extra)
         if values.dropout is not None:
             pl_module.model.set_drop_rate(values.dropout)
         return values
@@ -130,7 +153,8 @@ class ProgressiveLearning(Callback):
         self.plan = plan_stages(self.variant, trainer.max_epochs, self.cfg.stages, datamodule.image_size, bounds,
                                 self.cfg.schedule)
         rank_zero_info(f"progressive ({self.cfg.schedule}): " + ", ".join(
-            f"stage {v.stage}: epochs {v.first_epoch}-{v.last_epoch} {v.image_size}px RA{v.randaugment_magnitude:g} "
+            f"stage {v.stage}: epochs {v.first_epoch}-{v.last_epoch} {v.image_size}px "
+            + ("AutoAugment v0 " if v.autoaugment else f"RA{v.randaugment_magnitude:.4g} ") +
             f"mixup {v.mixup_alpha:g}" + ("" if v.cutmix_alpha is None else f" cutmix {v.cutmix_alpha:g}")
             + ("" if v.dropout is None else f" dropout {v.dropout:g}") for v in self.plan))
         self._apply(trainer, pl_module, 0)
