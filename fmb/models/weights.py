@@ -25,6 +25,7 @@ from torch import nn
 
 from fmb.errors import FmbError
 from fmb.models.layers import BN_MOMENTUM, DEFAULT_BN_EPS
+from fmb.models.partial import LoadReport, fresh_stages, their_stage
 
 _WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "net.")
 _TORCHVISION_BIG_V1 = ("efficientnet_b5", "efficientnet_b6", "efficientnet_b7")
@@ -54,7 +55,9 @@ class Origin:
         return {"bn_eps": self.bn_eps, "bn_momentum": self.bn_momentum}
 
 
-def _read_file(path: Path) -> dict:
+def read_file(path: Path) -> dict:
+    """The state dict in a .safetensors / .pth / .pt / .ckpt file (Lightning's `state_dict` or timm's `model`
+    entry taken where the file wraps it)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:
@@ -103,13 +106,22 @@ def detect_origin(state: dict, family: str, padding: str, variant: str | None = 
     )
 
 
-def read_checkpoint(path, *, family: str, padding: str = "symmetric",
+def read_checkpoint(pretrained, *, family: str, padding: str = "symmetric",
                     variant: str | None = None) -> tuple[dict, Origin]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FmbError(f"pretrained checkpoint not found: {path}; expected a local .pth/.pt/.ckpt/"
-                       ".safetensors file (no downloads are made)")
-    state = _strip_wrappers(_read_file(path))
+    """(state dict, origin) of a file, `hf-hub:ORG/NAME`, `torchvision:ENUM.NAME`, `True` or a resolved
+    `Source` (fmb/models/pretrained.py). A file's origin is told by its keys (and `padding`)."""
+    from fmb.models.pretrained import Source, fetch_state, resolve
+
+    source = pretrained if isinstance(pretrained, Source) else resolve(pretrained, variant)
+    if source.kind == "file" and not Path(source.spec).is_file():
+        raise FmbError(f"pretrained checkpoint not found: {source.spec}; expected a local .pth/.pt/.ckpt/"
+                       ".safetensors file, hf-hub:ORG/NAME, torchvision:ENUM.NAME or true")
+    if variant and source.variant and source.variant != variant:
+        raise FmbError(f"{source.spec} holds {source.variant} weights, not {variant}; expected "
+                       f"model.variant={source.variant}, or weights for {variant} (`fmb models --pretrained`)")
+    state = _strip_wrappers(fetch_state(source))
+    if source.origin is not None:
+        return state, Origin(source.origin, family, source.variant or variant)
     return state, detect_origin(state, family, padding, variant)
 
 
@@ -168,12 +180,15 @@ def _shape(t) -> str:
 
 
 def load_into(model: nn.Module, state: dict, origin: Origin, source: str = "checkpoint",
-              set_bn: bool = True) -> None:
+              set_bn: bool | None = None) -> LoadReport:
     """Copy `state` into `model` by name; name the first tensor that doesn't fit.
 
     With `set_bn` every BatchNorm takes the origin's eps and momentum, so the model gives the
-    source's logits however it was built. A classifier of another size (ImageNet weights,
-    10-class model) keeps its fresh initialisation with a warning, as timm does for fine-tuning.
+    source's logits however it was built; None: unless the model was built with explicit values.
+    A classifier of another size (ImageNet weights, 10-class model) keeps its fresh
+    initialisation, as timm does for fine-tuning; so do the stages whose block type differs
+    from the weights' (another placement, fmb/models/partial.py). Both are said in one warning
+    and in the returned report, also kept as `model.pretrained_report`.
     """
     variant = getattr(model, "variant", type(model).__name__)
     origin = replace(origin, variant=origin.variant or getattr(model, "variant", None))
@@ -183,35 +198,41 @@ def load_into(model: nn.Module, state: dict, origin: Origin, source: str = "chec
     classifier_keys = [k for k in ("classifier.weight", "classifier.bias") if k in ours]
     skip_classifier = bool(classifier_keys) and all(k in theirs for k in classifier_keys) and any(
         theirs[k][1].shape != ours[k].shape for k in classifier_keys)
+    fresh = fresh_stages(model, state, origin.name)
+    report = LoadReport(source, origin.name, len(getattr(model, "blocks", ())), fresh, skip_classifier,
+                        (ours["classifier.weight"].shape[0], theirs["classifier.weight"][1].shape[0])
+                        if skip_classifier else None)
     mapped = {}
     for key, tensor in ours.items():
+        if report.is_fresh(key):
+            mapped[key] = tensor
+            continue
         if key not in theirs:
             raise FmbError(f"{prefix} ours '{key}' {_shape(tensor)} has no tensor in the checkpoint "
                            "(another variant, placement or width?)")
         their_key, their_tensor = theirs[key]
-        if skip_classifier and key in classifier_keys:
-            mapped[key] = tensor
-        elif tensor.shape != their_tensor.shape:
+        if tensor.shape != their_tensor.shape:
             raise FmbError(f"{prefix} first mismatch at tensor ours '{key}' {_shape(tensor)} vs checkpoint "
                            f"'{their_key}' {_shape(their_tensor)} (another variant, placement or width?)")
-        else:
-            mapped[key] = their_tensor
-    extra = [their_key for key, (their_key, _) in theirs.items() if key not in ours]
+        mapped[key] = their_tensor
+    extra = [their_key for key, (their_key, _) in theirs.items()
+             if key not in ours and their_stage(their_key, origin.name) not in fresh]
     if extra:
         raise FmbError(f"{prefix} checkpoint tensor '{sorted(extra)[0]}' has no place in ours "
                        f"({len(extra)} such; another variant or placement?)")
-    if skip_classifier:
-        warnings.warn(f"{source}: classifier shape differs from num_classes={model.num_classes}; "
-                      "it keeps its fresh initialisation", stacklevel=3)
+    if fresh or skip_classifier:
+        warnings.warn(report.describe(), stacklevel=3)
     # A model built on the meta device (no memory, no init) takes the checkpoint's tensors as
     # they are: the fast way to build a big model only to load weights into it.
     on_meta = any(t.is_meta for t in ours.values())
-    if on_meta and skip_classifier:
-        raise FmbError(f"{prefix} its classifier differs from num_classes={model.num_classes}, "
-                       "which a model on the meta device cannot keep freshly initialised")
+    if on_meta and (fresh or skip_classifier):
+        raise FmbError(f"{prefix} its classifier or a stage starts fresh ({report.describe()}), which a model "
+                       "on the meta device cannot keep freshly initialised")
     model.load_state_dict(mapped, strict=True, assign=on_meta)
-    if set_bn:
+    if set_bn if set_bn is not None else not getattr(model, "bn_explicit", False):
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eps, m.momentum = origin.bn_eps, origin.bn_momentum
         model.bn_eps, model.bn_momentum = origin.bn_eps, origin.bn_momentum
+    model.pretrained_report = report
+    return report
