@@ -126,3 +126,67 @@ def test_transforms_take_the_jpeg_tensor_as_they_take_pil():
     train = build_train_transform(32, randaugment_magnitude=10, normalize=False)
     out = train(tensor_in)
     assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
+
+
+# --- the official EfficientNetV2 preprocessing (google/automl efficientnetv2/preprocessing.py) ----
+
+def _paper_preset():
+    from fmb.config import load_config
+    from fmb.data.transforms import preprocessing_kwargs
+    cfg = load_config(["experiment/imagenet_v2s_paper"])
+    return cfg, preprocessing_kwargs(cfg.data)
+
+
+def test_paper_preset_scales_to_minus_one_one_as_the_official_code():
+    # preprocess_image: image = (image - 128.0) / 128.0
+    _, kwargs = _paper_preset()
+    pixels = torch.tensor([0, 1, 127, 128, 200, 255], dtype=torch.uint8).view(1, 1, 1, 6).expand(1, 3, 1, 6)
+    images, _ = Collate(num_classes=3, image_size=6, **kwargs)([(pixels[0], 0)])
+    reference = (pixels.float() - 128.0) / 128.0
+    assert torch.allclose(images, reference, atol=1e-6)
+    grey = Image.new("RGB", (16, 16), (64, 64, 64))
+    assert torch.allclose(build_eval_transform(8, normalize=True, **kwargs)(grey), torch.full((3, 8, 8), -0.5), atol=1e-6)
+
+
+def test_paper_preset_train_crop_is_the_official_area_sampler_and_bilinear():
+    from torchvision.transforms import InterpolationMode
+
+    from fmb.data.official_crops import TFRandomResizedCrop
+    from fmb.data.randaugment import PaperRandAugment
+    cfg, kwargs = _paper_preset()
+    transform = build_train_transform(300, 20 / 3, normalize=False, crop_scale_min=cfg.data.crop_scale_min,
+                                      hflip=cfg.data.hflip, **kwargs)
+    crop = next(t for t in transform.transforms if isinstance(t, TFRandomResizedCrop))
+    # sample_distorted_bounding_box(area_range=(0.05, 1.0)) with TF's aspect range; tf.image.resize bilinear
+    assert crop.scale == (0.05, 1.0) and crop.ratio == (0.75, 1.33)
+    assert crop.interpolation == InterpolationMode.BILINEAR and crop.antialias is False
+    ra = next(t for t in transform.transforms if isinstance(t, PaperRandAugment))
+    assert ra.magnitude == 20 / 3  # the official schedule's fractional level, not rounded to 7
+    out = transform(Image.new("RGB", (500, 375), (10, 200, 30)))
+    assert out.shape == (3, 300, 300) and out.dtype == torch.uint8
+
+
+def test_paper_preset_evaluates_the_whole_image_at_384():
+    # preprocess_for_eval: no crop from 320 px; fmb's default would crop 0.875 and lose the corners
+    cfg, kwargs = _paper_preset()
+    assert cfg.data.eval_image_size == 384
+    image = torch.zeros(3, 400, 600, dtype=torch.uint8)
+    image[:, :40, :60] = 255  # a bright top-left corner, 10 % of each side
+    official = build_eval_transform(384, cfg.data.crop_ratio, normalize=False, **kwargs)(image)
+    default = build_eval_transform(384, cfg.data.crop_ratio, normalize=False)(image)
+    assert official.shape == default.shape == (3, 384, 384)
+    assert official[:, 0, 0].tolist() == [255, 255, 255] and official[:, 37, 37].tolist() == [255, 255, 255]
+    assert default[:, 0, 0].tolist() == [0, 0, 0]
+
+
+def test_default_preprocessing_is_unchanged_and_autoaugment_replaces_randaugment():
+    from torchvision.transforms import InterpolationMode
+
+    from fmb.data.official_crops import TFRandomResizedCrop
+    from fmb.data.randaugment import OfficialAutoAugment, PaperRandAugment
+    steps = build_train_transform(32, randaugment_magnitude=9).transforms
+    assert not any(isinstance(t, TFRandomResizedCrop) for t in steps)
+    assert steps[0].scale == (0.08, 1.0) and steps[0].interpolation == InterpolationMode.BICUBIC
+    steps = build_train_transform(32, randaugment_magnitude=9, autoaugment=True).transforms
+    assert any(isinstance(t, OfficialAutoAugment) for t in steps)
+    assert not any(isinstance(t, PaperRandAugment) for t in steps)

@@ -15,11 +15,24 @@ from PIL import Image as PILImage
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from fmb.data.randaugment import PaperRandAugment
-
+from fmb.data.mixing import OfficialMixing
+from fmb.data.official_crops import OfficialEvalResize, TFRandomResizedCrop
+from fmb.data.randaugment import OfficialAutoAugment, PaperRandAugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official V2 pipeline scales to [-1, 1] with (x - 128) / 128 (preprocessing.py
+# `preprocess_image`), which is mean = std = 128/255 on the 0..1 scale.
+OFFICIAL_MEAN = OFFICIAL_STD = (128 / 255,) * 3
+
+
+def preprocessing_kwargs(data) -> dict:
+    """The keywords `build_train_transform`, `build_eval_transform` and `Collate` take from a
+    DataConfig (data.mean, data.std, data.interpolation, data.preprocessing)."""
+    return {"mean": tuple(data.mean), "std": tuple(data.std), "interpolation": data.interpolation,
+            "preprocessing": data.preprocessing}
+
+
 def to_rgb(image: PILImage.Image) -> PILImage.Image:
     """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) as 8-bit RGB.
 
@@ -106,52 +119,76 @@ def image_sides(image: PILImage.Image | torch.Tensor) -> tuple[int, int]:
     return tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else (image.height, image.width)
 
 
-def _tail(normalize: bool) -> list:
+def _tail(normalize: bool, mean, std) -> list:
     # normalize=False stops at uint8 tensors: the collate converts and normalizes the whole
     # batch at once, which is several times cheaper than doing it image by image
     if not normalize:
         return [T.ToImage()]
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))]
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,3,H,W] → float32 scaled to 0..1 and normalized with the ImageNet statistics."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+def normalize_batch(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 [B,3,H,W] → float32 scaled to 0..1 and normalized with `mean`/`std` (0..1 scale)."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     return images.to(torch.float32).sub_(mean).div_(std)  # in place: one float buffer per batch
 
 
 def build_train_transform(image_size: int, randaugment_magnitude: float = 0.0, normalize: bool = True,
-                          crop_scale_min: float = 0.08, hflip: bool = True) -> T.Compose:
-    """RandomResizedCrop → flip → RandAugment(2, m) when m > 0 → float → ImageNet normalize.
+                          crop_scale_min: float = 0.08, hflip: bool = True, *, interpolation: str = "bicubic",
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, preprocessing: str = "fmb",
+                          autoaugment: bool = False) -> T.Compose:
+    """Random crop → flip → RandAugment(2, m) when m > 0 (or the official AutoAugment) → float
+    → normalize.
 
-    `crop_scale_min` is the smallest crop area (0.08 is ImageNet's; tiny images such as
-    digits need more of the object kept); `hflip=False` for data where mirroring changes
-    the class (digits, text)."""
-    steps = [T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), interpolation=InterpolationMode.BICUBIC,
-                                 antialias=True)]
+    `crop_scale_min` is the smallest crop area (0.08 is ImageNet's, 0.05 the official V2 code's;
+    tiny images such as digits need more of the object kept); `hflip=False` for data where
+    mirroring changes the class (digits, text). `preprocessing="official"` samples the crop as
+    TensorFlow does and resizes without antialiasing (fmb/data/official_crops.py); PIL inputs
+    become tensors first so the resize is torchvision's, not PIL's always-antialiased one."""
+    mode = InterpolationMode(interpolation)
+    if preprocessing == "official":
+        steps = [T.ToImage(), TFRandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), interpolation=mode)]
+    else:
+        steps = [T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), interpolation=mode, antialias=True)]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
-    if randaugment_magnitude > 0:
-        steps.append(PaperRandAugment(num_ops=2, magnitude=int(round(randaugment_magnitude))))
-    return T.Compose(steps + _tail(normalize))
+    if autoaugment:
+        steps.append(OfficialAutoAugment())
+    elif randaugment_magnitude > 0:
+        steps.append(PaperRandAugment(num_ops=2, magnitude=float(randaugment_magnitude)))
+    return T.Compose(steps + _tail(normalize, mean, std))
 
 
-def build_eval_transform(image_size: int, crop_ratio: float = 0.875, normalize: bool = True) -> T.Compose:
-    """Resize the short side to image_size / crop_ratio, then center-crop image_size."""
+def build_eval_transform(image_size: int, crop_ratio: float = 0.875, normalize: bool = True, *,
+                         interpolation: str = "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                         preprocessing: str = "fmb") -> T.Compose:
+    """fmb: resize the short side to image_size / crop_ratio, then centre-crop image_size.
+    official: below 320 px a centre crop of image_size / (image_size + 32) of the short side,
+    from 320 px the whole image, resized to a square without antialiasing (`crop_ratio` unused)."""
+    mode = InterpolationMode(interpolation)
+    if preprocessing == "official":
+        return T.Compose([T.ToImage(), OfficialEvalResize(image_size, interpolation=mode)] + _tail(normalize, mean, std))
     resize = int(math.floor(image_size / crop_ratio))
-    return T.Compose([T.Resize(resize, interpolation=InterpolationMode.BICUBIC, antialias=True),
-                      T.CenterCrop(image_size)] + _tail(normalize))
+    return T.Compose([T.Resize(resize, interpolation=mode, antialias=True),
+                      T.CenterCrop(image_size)] + _tail(normalize, mean, std))
 
 
 class Collate:
-    """Stack (uint8 image, label) pairs into a normalized float batch, dropping the None a
-    skipped bad image leaves; with `mixup_alpha`/`cutmix_alpha` (train batches) apply MixUp
-    or CutMix (one at random when both are on), which turns the labels into soft labels of
-    shape [B, num_classes]."""
+    """Stack (uint8 image, label) pairs into a float batch normalized with `mean`/`std`,
+    dropping the None a skipped bad image leaves; with `mixup_alpha`/`cutmix_alpha` (train
+    batches) apply MixUp or CutMix, which turns the labels into soft labels of shape
+    [B, num_classes]: torchvision's, one of them per batch with one λ, or with
+    `preprocessing="official"` the official half/half split with a λ per image
+    (fmb/data/mixing.py)."""
 
-    def __init__(self, num_classes: int, image_size: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
-        self.image_size = image_size
+    def __init__(self, num_classes: int, image_size: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, *,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, preprocessing: str = "fmb", interpolation: str | None = None):
+        # interpolation is accepted (and unused) so one preprocessing_kwargs() dict serves every builder
+        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        if preprocessing == "official" and (mixup_alpha > 0 or cutmix_alpha > 0):
+            self.mixer = OfficialMixing(num_classes, mixup_alpha, cutmix_alpha)
+            return
         choices = []
         if mixup_alpha > 0:
             choices.append(T.MixUp(alpha=mixup_alpha, num_classes=num_classes))
@@ -165,7 +202,7 @@ class Collate:
             return torch.empty(0, 3, self.image_size, self.image_size), torch.empty(0, dtype=torch.int64)
         images = torch.stack([image for image, _ in batch])
         if images.dtype == torch.uint8:
-            images = normalize_batch(images)
+            images = normalize_batch(images, self.mean, self.std)
         labels = torch.as_tensor([label for _, label in batch], dtype=torch.int64)
         if self.mixer is not None:
             images, labels = self.mixer(images, labels)
