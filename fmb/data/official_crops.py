@@ -6,8 +6,9 @@ min_object_covered=0)` with TensorFlow's defaults (aspect ratio 0.75..1.33, 100 
 whole image when all fail), then `tf.image.resize` to a square (bilinear, no antialiasing).
 TensorFlow samples differently from torchvision's RandomResizedCrop: the aspect ratio is
 uniform (not log-uniform) and the crop *height* is uniform between the heights of the
-smallest and largest allowed areas, so small areas are rarer than under torchvision's
-uniform area (mean area at 0.05..1: about 0.42 against 0.525). `TFRandomResizedCrop` keeps
+smallest and largest allowed areas, so small crops are more frequent than under
+torchvision's uniform area (mean area at 0.05..1 on a square image about 0.42 against
+0.525; on a 4:3 image, where large crops do not fit, 0.35 against 0.42). `TFRandomResizedCrop` keeps
 torchvision's resize kernel and swaps in TensorFlow's sampler (`GenerateRandomCrop` in
 tensorflow/core/kernels/image/sample_distorted_bounding_box_op.cc).
 
