@@ -27,8 +27,10 @@ def randomise_bn_stats(model):
     return model.eval()
 
 
-def hub_cache(cache: Path, timm_name: str, *, safetensors: bool = True, config: bool = True):
-    """Publish a random timm `timm_name` ('ARCH.TAG') as `timm/ARCH.TAG` into the Hub cache `cache`;
+def hub_cache(cache: Path, timm_name: str, *, safetensors: bool = True, config: bool = True,
+              data_config: dict | None = None):
+    """Publish a random timm `timm_name` ('ARCH.TAG') as `timm/ARCH.TAG` into the Hub cache `cache`
+    (`data_config`: the preprocessing timm writes into config.json instead of the tag's own);
     returns the timm model holding the same weights."""
     import timm
     from huggingface_hub.file_download import repo_folder_name
@@ -37,7 +39,7 @@ def hub_cache(cache: Path, timm_name: str, *, safetensors: bool = True, config: 
     torch.manual_seed(0)
     model = randomise_bn_stats(timm.create_model(timm_name, pretrained=False))
     staged = cache.parent / f"staged-{timm_name}"
-    save_for_hf(model, str(staged), safe_serialization=safetensors)
+    save_for_hf(model, str(staged), safe_serialization=safetensors, data_config=data_config)
     repo = cache / repo_folder_name(repo_id=f"timm/{timm_name}", repo_type="model")
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(COMMIT)

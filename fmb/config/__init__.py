@@ -195,15 +195,22 @@ def _select_group(cfg: DictConfig, group: str, name: str) -> DictConfig:
 
 def load_config(files=(), overrides=(), *, front_door: bool = False) -> TrainConfig:
     """Schema ← each YAML file in order (the front door when `front_door` and none) ← overrides."""
+    from fmb.config.pretrained import apply_pretrained, set_keys
+
     cfg = OmegaConf.structured(TrainConfig)
     files = list(files) or ([FRONT_DOOR] if front_door else [])
+    explicit = set()  # keys the user set: pretrained weights fill only the others
     for file in files:
-        cfg = _merge(cfg, read_yaml(file), str(find_preset(file)))
+        text = read_yaml(file)
+        explicit |= set_keys(text)
+        cfg = _merge(cfg, text, str(find_preset(file)))
     groups, nested = parse_overrides(overrides)
     for group, name in groups:
         cfg = _select_group(cfg, group, name)
+        explicit |= set_keys(read_yaml(CONFIG_DIR / group / f"{name}.yaml"))
     cfg = _merge(cfg, nested, "overrides " + " ".join(map(str, overrides)))
-    return OmegaConf.to_object(cfg)  # runs every section's checks
+    explicit |= set_keys(nested)
+    return OmegaConf.to_object(apply_pretrained(cfg, explicit))  # runs every section's checks
 
 
 def from_dict(values: dict) -> TrainConfig:

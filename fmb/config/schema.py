@@ -11,7 +11,6 @@ is configs/experiment/digits_v2s.yaml.
 from __future__ import annotations
 
 import glob
-import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Optional, Union
@@ -31,7 +30,11 @@ class ModelConfig:
     drop_rate: Optional[float] = opt(None, "dropout before the classifier; null = the variant's")
     drop_path_rate: Optional[float] = opt(None, "stochastic depth of the last block; null = the variant's")
     padding: Literal["symmetric", "same"] = opt("symmetric", "same = TensorFlow padding, for tf_ weights")
-    pretrained: Optional[str] = opt(None, "a torchvision / timm / fmb weights file to start from")
+    pretrained: Union[bool, str, None] = opt(None, "weights to start from: a file, hf-hub:ORG/NAME, torchvision:ENUM.NAME, "
+                                                   "or true = the variant's default (`fmb models --pretrained`)")
+    bn_eps: Optional[float] = opt(None, "BatchNorm eps; null = the pretrained weights' origin, else the official 1e-3")
+    bn_momentum: Optional[float] = opt(None, "BatchNorm momentum; null = the weights' origin, else the official")
+    freeze_stages: int = opt(0, "stem and stages 1..N keep their (pretrained) weights and BN statistics; 0 = none")
     sync_bn: Optional[bool] = opt(None, "SyncBatchNorm; null = on with several CUDA devices")
     channels_last: Union[bool, str] = opt("auto", "NHWC memory format; auto = on with CUDA or CPU bf16 (fmb/training/auto.py)")
     compile: Union[bool, str] = opt("auto", "torch.compile the training forward; auto = on with CUDA for runs of >= 10k steps")
@@ -50,8 +53,13 @@ class ModelConfig:
         for key in ("width_mult", "depth_mult"):
             check_number(f"model.{key}", getattr(self, key), low=0, high=16, low_open=True,
                          expected="a positive multiplier such as 0.25 or 1.0")
+        check_number("model.bn_eps", self.bn_eps, low=0, high=1, low_open=True, high_open=True)
+        check_number("model.bn_momentum", self.bn_momentum, low=0, high=1)
         # Builds no module: checks the variant, placement and overrides before any work.
-        build_stages(self.variant, self.blocks, self.stage_overrides or None, self.width_mult, self.depth_mult)
+        _, stages, _ = build_stages(self.variant, self.blocks, self.stage_overrides or None, self.width_mult,
+                                    self.depth_mult)
+        check_number("model.freeze_stages", self.freeze_stages, low=0, high=len(stages),
+                     expected=f"a stage number from 0 (none frozen) to {len(stages)}")
 
 
 def absolute_source(source: str) -> str:
@@ -81,10 +89,10 @@ class DataConfig:
     image_size: Optional[int] = opt(None, "train size; null = the variant's, capped at 4x small images")
     eval_image_size: Optional[int] = opt(None, "null = scaled from the train size as the variant's")
     crop_ratio: float = opt(0.875, "eval centre crop: resize to size/crop_ratio, crop size")
+    mean: list[float] = opt([0.485, 0.456, 0.406], "per-channel mean (0..1 scale) normalized away; ImageNet's")
+    std: list[float] = opt([0.229, 0.224, 0.225], "per-channel std (0..1 scale); ImageNet's")
+    interpolation: Literal["bicubic", "bilinear"] = opt("bicubic", "resize filter of the train crop and eval resize")
     crop_scale_min: float = opt(0.08, "smallest RandomResizedCrop area (tiny images need more kept; official V2: 0.05)")
-    mean: list[float] = opt([0.485, 0.456, 0.406], "per-channel mean of 0..1 pixels subtracted before the model")
-    std: list[float] = opt([0.229, 0.224, 0.225], "per-channel std dividing them; mean = std = 128/255 gives [-1, 1]")
-    interpolation: Literal["bicubic", "bilinear"] = opt("bicubic", "resize filter of the crops (official V2: bilinear)")
     preprocessing: Literal["fmb", "official"] = opt("fmb", "official = google/automl V2's TF crop sampling, "
                                                     "unantialiased resize, eval rule and half/half MixUp-CutMix")
     hflip: bool = opt(True, "random horizontal flips; off where mirroring changes the class")
@@ -110,12 +118,12 @@ class DataConfig:
             raise FmbError("data.holdout_fraction needs a map-style set; expected data.holdout_fraction=0 "
                            "with data.streaming=true")
         check_number("data.crop_ratio", self.crop_ratio, low=0, high=1, low_open=True)
-        check_number("data.crop_scale_min", self.crop_scale_min, low=0, high=1, low_open=True)
         for key in ("mean", "std"):
             values = list(getattr(self, key))
-            if len(values) != 3 or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values) or (
-                    key == "std" and min(values) <= 0):
-                raise _bad(f"data.{key}", values, "three numbers (R, G, B) on the 0..1 scale, std > 0, e.g. [0.5, 0.5, 0.5]")
+            if len(values) != 3 or (key == "std" and min(values) <= 0):
+                raise _bad(f"data.{key}", values, "three numbers on the 0..1 scale, one per RGB channel"
+                           + (", each > 0" if key == "std" else "") + ", e.g. [0.5, 0.5, 0.5]")
+        check_number("data.crop_scale_min", self.crop_scale_min, low=0, high=1, low_open=True)
         for key in ("image_size", "eval_image_size"):
             check_number(f"data.{key}", getattr(self, key), low=16, high=MAX_IMAGE_SIZE,
                          expected=f"16 to {MAX_IMAGE_SIZE} px (the network downsamples 32x), e.g. 224")
@@ -151,9 +159,13 @@ class OptimConfig:
     lr_per_256: bool = opt(True, "scale lr by global batch / 256, as the paper states it")
     weight_decay: float = opt(1e-5, "on conv/linear weights only")
     momentum: float = opt(0.9, "rmsprop/sgd momentum")
+    head_lr_factor: float = opt(1.0, "lr multiplier of the layers pretrained weights did not provide (the new "
+                                     "classifier, stages that start fresh); 1 = one lr")
 
     def __post_init__(self):
         check_choices(self, "optim")
+        check_number("optim.head_lr_factor", self.head_lr_factor, low=0, low_open=True,
+                     expected="a positive multiplier, e.g. 10 for a head that learns 10x faster")
         check_number("optim.lr", self.lr, low=0, low_open=True, expected="a positive learning rate, e.g. 0.016")
         check_number("optim.weight_decay", self.weight_decay, low=0)
         check_number("optim.momentum", self.momentum, low=0, high=1, high_open=True)
@@ -225,8 +237,13 @@ class RunConfig:
     wandb_offline: bool = opt(False, "W&B offline mode: files under <run dir>/wandb, `wandb sync` later")
     mlflow_tracking_uri: Optional[str] = opt(None, "MLflow store; null = file store <run dir>/mlruns")
     progress_every: int = opt(50, "steps between plain progress lines when stdout is not a terminal; 0 = none")
+    threads: Union[int, str] = opt("auto", "CPU threads: auto = every core (same seed, same numbers on a busy "
+                                           "machine); follow_load = the cores others leave free, each epoch; or N")
 
     def __post_init__(self):
+        if self.threads not in ("auto", "follow_load") and (isinstance(self.threads, bool) or not isinstance(
+                self.threads, int) or self.threads < 1):
+            raise _bad("run.threads", self.threads, "auto, follow_load or a whole number of threads >= 1")
         if "csv" not in self.loggers:
             raise _bad("run.loggers", list(self.loggers), "a list that includes csv (the run's metrics.csv, read by "
                        "fmb ablate and resume), e.g. [csv, tensorboard, wandb]")

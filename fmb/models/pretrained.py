@@ -100,7 +100,7 @@ def _hub_file(spec: str, filename: str, required: bool) -> str | None:
     """The cached (or, online, downloaded) path of one file of the repo; None where the repo has none."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
-        HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError,
+        EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
     )
 
     repo, revision = _split_hub(spec)
@@ -116,12 +116,14 @@ def _hub_file(spec: str, filename: str, required: bool) -> str | None:
     except RepositoryNotFoundError:
         raise FmbError(f"{spec}: no such model repo on the Hugging Face Hub; expected e.g. "
                        f"{default_weights('efficientnetv2_s').spec} (see `fmb models --pretrained`)") from None
-    except RemoteEntryNotFoundError:
+    except LocalEntryNotFoundError as exc:  # no connection (a subclass of EntryNotFoundError)
+        raise _not_cached(spec, f"download failed: {type(exc).__name__}") from None
+    except EntryNotFoundError:
         if required:
             raise FmbError(f"{spec}: the repo has neither {' nor '.join(_HUB_WEIGHTS)}; expected timm-format "
                            "weights") from None
         return None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, OSError) as exc:
         raise _not_cached(spec, f"download failed: {type(exc).__name__}") from None
 
 

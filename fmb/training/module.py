@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 
 import lightning as L
 import torch
@@ -13,6 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from fmb.config import ModelConfig, TrainConfig, from_dict, to_dict
 from fmb.errors import FmbError
 from fmb.models import cpu_fast_paths, create_model
+from fmb.models.freeze import freeze_stages
+from fmb.device import machine
 from fmb.training.auto import model_settings
 from fmb.training.ema import WarmupEMAWeightAveraging
 from fmb.training.optim import build_optimizer, effective_lr, global_batch_size, lr_factor, param_groups
@@ -29,7 +32,8 @@ def model_kwargs(model: ModelConfig) -> dict:
     """`create_model` keywords from the model section (its training-only keys left out)."""
     return {"name": model.variant, "blocks": model.blocks, "stage_overrides": dict(model.stage_overrides) or None,
             "width_mult": model.width_mult, "depth_mult": model.depth_mult, "drop_rate": model.drop_rate,
-            "drop_path_rate": model.drop_path_rate, "padding": model.padding}
+            "drop_path_rate": model.drop_path_rate, "padding": model.padding, "bn_eps": model.bn_eps,
+            "bn_momentum": model.bn_momentum}
 
 
 class ImageClassifier(L.LightningModule):
@@ -48,10 +52,14 @@ class ImageClassifier(L.LightningModule):
                                    "class_names": class_names, "bn_kwargs": bn_kwargs})
         # The small-map conv paths are opted into here: they change no weight and no result
         # beyond float rounding, and only run on CPU maps where they measured faster.
-        self.model = cpu_fast_paths(create_model(**model_kwargs(self.cfg.model), num_classes=num_classes,
-                                                 **(bn_kwargs or {})))
+        # The config's BatchNorm values (set from the pretrained weights' origin, or by the user) win
+        # over `bn_kwargs`, which older checkpoints carry instead.
+        kwargs = model_kwargs(self.cfg.model)
+        kwargs.update({k: v for k, v in (bn_kwargs or {}).items() if kwargs.get(k) is None})
+        self.model = cpu_fast_paths(create_model(**kwargs, num_classes=num_classes))
+        self._frozen_modules = freeze_stages(self.model, self.cfg.model.freeze_stages)
         # `auto` values are decided for this machine (fmb train has already written them in).
-        self.channels_last, compile_model = model_settings(self.cfg)
+        self.channels_last, compile_model = model_settings(self.cfg, machine())
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Compile the training forward only, kept out of the registered submodules so the state
@@ -69,6 +77,12 @@ class ImageClassifier(L.LightningModule):
         self.base_lr = None
         self._epoch_images, self._epoch_start = 0, None
         self.images_per_sec: list[float] = []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in getattr(self, "_frozen_modules", ()):  # frozen stages keep their BN statistics (fmb/models/freeze.py)
+            module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -159,12 +173,25 @@ class ImageClassifier(L.LightningModule):
         return self(images).float().softmax(dim=-1)
 
     # --- optimization ---------------------------------------------------------------
+    def _fresh(self) -> tuple:
+        """(is this parameter new, its lr factor): the layers pretrained weights did not provide."""
+        report, factor = getattr(self.model, "pretrained_report", None), self.cfg.optim.head_lr_factor
+        if report is None:
+            if factor != 1.0:
+                warnings.warn("optim.head_lr_factor has no effect without model.pretrained: every layer is new",
+                              UserWarning, stacklevel=2)
+            return None, 1.0
+        if any(stage <= self.cfg.model.freeze_stages for stage in report.fresh):
+            warnings.warn(f"model.freeze_stages={self.cfg.model.freeze_stages} freezes a stage that starts fresh "
+                          f"({report.describe()}): it stays at its random initialisation", UserWarning, stacklevel=2)
+        return report.is_fresh, factor
+
     def configure_optimizers(self):
         optim, sched = self.cfg.optim, self.cfg.sched
         self.base_lr = effective_lr(optim.lr, optim.lr_per_256, global_batch_size(self.cfg.data.batch_size, self.trainer))
         fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())  # Lightning moved them
-        optimizer = build_optimizer(optim.name, param_groups(self.model, optim.weight_decay), self.base_lr,
-                                    optim.momentum, fused=fused)
+        optimizer = build_optimizer(optim.name, param_groups(self.model, optim.weight_decay, *self._fresh()),
+                                    self.base_lr, optim.momentum, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         factor = functools.partial(

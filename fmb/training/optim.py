@@ -15,13 +15,26 @@ OPTIMIZERS = ("rmsprop", "rmsprop_torch", "sgd", "adamw")
 SCHEDULES = ("cosine", "exponential", "constant")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv/linear weights only: not on BN parameters or biases (all 1-D)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+def param_groups(model: nn.Module, weight_decay: float, is_new=None, new_lr_factor: float = 1.0) -> list[dict]:
+    """Weight decay on conv/linear weights only: not on BN parameters or biases (all 1-D).
+
+    Fine-tuning: the parameters `is_new(name)` marks (the new classifier, stages that start
+    fresh) get groups of their own whose lr is the base lr × `new_lr_factor`; frozen ones
+    (requires_grad False) get none."""
+    decay, no_decay, new_decay, new_no_decay = [], [], [], []
+    split = is_new is not None and new_lr_factor != 1.0
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            new = split and is_new(name)
+            if param.ndim <= 1:
+                (new_no_decay if new else no_decay).append(param)
+            else:
+                (new_decay if new else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if split:
+        groups += [{"params": new_decay, "weight_decay": weight_decay, "lr_factor": new_lr_factor},
+                   {"params": new_no_decay, "weight_decay": 0.0, "lr_factor": new_lr_factor}]
+    return groups
 
 
 def global_batch_size(per_device: int, trainer) -> int:
@@ -38,6 +51,7 @@ def build_optimizer(name: str, groups, lr: float, momentum: float, fused: bool =
     """`fused`: torch's one-kernel AdamW/SGD step (the same arithmetic; V2-S's AdamW step took
     20 ms instead of 75 on the 2-core CPU). For parameters on CPU or CUDA only."""
     fused_kw = {"fused": True} if fused else {}
+    groups = [{**g, "lr": lr * g["lr_factor"]} if "lr_factor" in g else g for g in groups]
     if name == "rmsprop":
         # The paper's RMSProp (TF semantics): decay 0.9, momentum 0.9, eps 1e-3.
         return RMSpropTF(groups, lr=lr, alpha=0.9, momentum=momentum, eps=1e-3)
