@@ -51,7 +51,7 @@ def build_optimizer(name: str, groups, lr: float, momentum: float, fused: bool =
     """`fused`: torch's one-kernel AdamW/SGD step (the same arithmetic; V2-S's AdamW step took
     20 ms instead of 75 on the 2-core CPU). For parameters on CPU or CUDA only."""
     fused_kw = {"fused": True} if fused else {}
-    groups = [{**g, "lr": lr * g["lr_factor"]} if "lr_factor" in g else g for g in groups]
+    groups = [{**g, "lr": lr * g["lr_factor"]} if isinstance(g, dict) and "lr_factor" in g else g for g in groups]
     if name == "rmsprop":
         # The paper's RMSProp (TF semantics): decay 0.9, momentum 0.9, eps 1e-3.
         return RMSpropTF(groups, lr=lr, alpha=0.9, momentum=momentum, eps=1e-3)
