@@ -167,12 +167,35 @@ def test_the_tables_timm_rows_match_timms_pretrained_cfgs():
                 assert (p.mean, p.std) == (tuple(cfg["mean"]), tuple(cfg["std"])), p.spec
 
 
-def test_fmb_models_pretrained_lists_the_table(tmp_path):
+def test_fmb_models_pretrained_lists_the_table(run_cli, tmp_path):
     out = tmp_path / "weights.json"
-    result = subprocess.run([sys.executable, "-m", "fmb", "models", "--pretrained", "--variant", "efficientnetv2_s",
-                             "--json", str(out)], capture_output=True, text=True)
+    result = run_cli("models", "--pretrained", "--variant", "efficientnetv2_s", "--json", out)
     assert result.returncode == 0, result.stderr
     assert "tf_efficientnetv2_s.in21k_ft_in1k" in result.stdout and "EfficientNet_V2_S_Weights" in result.stdout
     rows = json.loads(out.read_text())["pretrained"]
     assert rows[0]["spec"] == "hf-hub:timm/tf_efficientnetv2_s.in21k_ft_in1k" and rows[0]["default"]
     assert {r["variant"] for r in rows} == {"efficientnetv2_s"}
+
+
+@pytest.mark.subprocess
+def test_fmb_models_builds_no_network_and_imports_no_torch():
+    # the tables answer: a fresh interpreter runs both listings without importing torch at all
+    code = ("import sys; from fmb.cli import app\n"
+            "for args in (['models'], ['models', '--pretrained']):\n"
+            "    try: app(args, prog_name='fmb')\n"
+            "    except SystemExit as e: assert not e.code, e.code\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout and "efficientnet_b7" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_variant_table_equals_a_fresh_count_of_every_variant():
+    from fmb.models.variant_table import SIZES
+    from fmb.profiling.report import describe_variant
+
+    assert set(SIZES) == set(fmb.list_models())
+    for name, (params, gmacs) in SIZES.items():
+        counted = describe_variant(name)
+        assert (counted["params"], counted["gmacs"]) == (params, gmacs), name

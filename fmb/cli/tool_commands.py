@@ -14,15 +14,32 @@ from fmb.cli.app import app, check_outputs, console, err_console, write_json
 @app.command("models")
 def models_cmd(
     variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Only these variants."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="List the published weights each variant can "
+                                    "start from (model.pretrained=SPEC; the first is what `true` loads)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON here."),
 ):
-    """List every variant: params, GMACs at its eval size, default placement, sizes."""
+    """List every variant: params, GMACs at its eval size, default placement, sizes; or its published weights."""
+    # fmb's own tables only (fmb/models/variant_table.py): no network is built, no torch imported
     from fmb.models import get_variant
-    from fmb.profiling.report import describe_variants
+    from fmb.models.variant_table import describe_pretrained, describe_variants
 
     check_outputs(json=json_path)
     for name in variant or []:
         get_variant(name)  # fail on a bad name before any work
+    if pretrained:
+        rows = describe_pretrained(variant or None)
+        table = Table(title="published weights (model.pretrained=SPEC; * = what model.pretrained=true loads)",
+                      box=box.SIMPLE_HEAD)
+        for col in ("variant", "model.pretrained", "trained on", "pad", "train", "eval", "crop", "mean"):
+            table.add_column(col, justify="right" if col in ("train", "eval", "crop") else "left", no_wrap=True)
+        for r in rows:
+            table.add_row(r["variant"], ("* " if r["default"] else "  ") + r["spec"], r["trained_on"], r["padding"],
+                          str(r["train_size"]), str(r["eval_size"]), f"{r['crop_ratio']:.3f}",
+                          "[-1, 1]" if r["mean"] == [0.5, 0.5, 0.5] else "ImageNet")
+        console.print(table)
+        if json_path:
+            write_json(json_path, {"pretrained": rows})
+        return
     rows = describe_variants(variant or None)
     table = Table(title="fmb variants (num_classes=1000, GMACs at eval size)", box=box.SIMPLE_HEAD)
     for col in ("variant", "params", "GMACs", "blocks", "train", "eval", "drop"):
@@ -52,15 +69,35 @@ def profile_cmd(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     fast: bool = typer.Option(False, "--fast", help="Inference fast path: channels_last, BN folded (kept on CUDA in bf16/fp16)."),
     compare_blocks: bool = typer.Option(False, "--compare-blocks", help="Time every stage as MBConv and Fused."),
+    search: bool = typer.Option(False, "--search", help="Predict every placement from per-stage timings, check "
+                                "some end to end, show the Pareto fronts (the paper's placement marked)."),
+    validate: int = typer.Option(8, "--validate", help="With --search: placements measured end to end (0: none)."),
+    front_cost: str = typer.Option("params", "--front-cost", help="With --search: params | macs on the fronts."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="With --search: one row per placement here."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed iterations first."),
     iters: int = typer.Option(10, "--iters", help="Timed iterations."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG bar chart here."),
 ):
-    """Params, FLOPs, speed and memory, in total and per stage; MBConv vs Fused per stage."""
+    """Params, FLOPs, speed and memory, in total and per stage; MBConv vs Fused per stage;
+    with --search, every placement's cost and its Pareto fronts."""
     from fmb.profiling.report import run_profile
 
-    check_outputs(json=json_path, plot=plot_path)
+    check_outputs(json=json_path, plot=plot_path, csv=csv_path)
+    if search:
+        from fmb.profiling.search_report import run_search_command
+
+        run_search_command(variant=variant, blocks=blocks, sets=sets, width_mult=width_mult, depth_mult=depth_mult,
+                           num_classes=num_classes, resolution=resolution, batch_size=batch_size, mode=mode,
+                           device=device, precision=precision, channels_last=channels_last, compile=compile,
+                           fast=fast, compare_blocks=compare_blocks, validate=validate, front_cost=front_cost,
+                           warmup=warmup, iters=iters, json_path=json_path, csv_path=csv_path,
+                           plot_path=plot_path, console=console)
+        return
+    if csv_path:
+        from fmb.errors import FmbError
+
+        raise FmbError("--csv is written by --search (one row per placement); add --search or drop --csv")
     run_profile(variant=variant, blocks=blocks, sets=sets, width_mult=width_mult, depth_mult=depth_mult,
                 num_classes=num_classes, resolution=resolution, batch_size=batch_size, mode=mode, device=device,
                 precision=precision, channels_last=channels_last, compile=compile, fast=fast,
@@ -70,7 +107,7 @@ def profile_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    checkpoint: Path = typer.Argument(..., help="A .ckpt written by fmb train."),
+    checkpoint: Path = typer.Argument(..., help="A .ckpt written by fmb train, or an .onnx/.pt2 from fmb export."),
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or a dataset "
                                                  "(save_to_disk dir, parquet files, hub id, digits)."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes shown per image."),
@@ -122,7 +159,8 @@ def export_cmd(
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size (default: the run's eval size)."),
     batch_size: int = typer.Option(2, "--batch-size", "-b", help="Batch of the example input and the check."),
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Largest allowed |logit difference| from PyTorch."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset, 18 or newer (default: the exporter's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output file if it exists."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write what was written and the check as JSON here."),
 ):
     """Export the network (ONNX, .pt2, safetensors, TorchScript) and check it by running the file."""
@@ -130,7 +168,8 @@ def export_cmd(
 
     check_outputs(json=json_path)
     result = export_model(checkpoint, format=format, output=output, fold_bn=fold_bn, dynamic_batch=dynamic_batch,
-                          ema=ema, resolution=resolution, batch_size=batch_size, tolerance=tolerance, opset=opset)
+                          ema=ema, resolution=resolution, batch_size=batch_size, tolerance=tolerance, opset=opset,
+                          overwrite=overwrite)
     runner = {"onnx": "onnxruntime", "pt2": "torch.export.load", "safetensors": "a fresh model",
               "torchscript": "torch.jit.load"}[result["format"]]
     console.print(f"[bold green]wrote[/] {result['path']} ({result['bytes'] / 1e6:.1f} MB, {result['weights']} weights"

@@ -1,13 +1,21 @@
-"""Model family: blocks, stage specs, the network, weight import, BN folding."""
-from fmb.models.blocks import FusedMBConv, MBConv
-from fmb.models.efficientnet import EfficientNet, EfficientNetFeatures
-from fmb.models.factory import build_stages, create_model, list_models
-from fmb.models.fuse import folding_pays, fuse_bn
-from fmb.models.small_maps import cpu_fast_paths, plain_convs
-from fmb.models.specs import VARIANTS, StageSpec, VariantSpec, get_variant
+"""Model family: blocks, stage specs, the network, weight import, BN folding.
 
-__all__ = [
-    "EfficientNet", "EfficientNetFeatures", "FusedMBConv", "MBConv", "StageSpec", "VariantSpec", "VARIANTS",
-    "build_stages", "cpu_fast_paths", "create_model", "folding_pays", "fuse_bn", "get_variant", "list_models",
-    "plain_convs",
-]
+Names are imported on first use, so the torch-free parts (stage specs, the published-weights
+and variant tables behind `fmb models`) load without torch.
+"""
+import importlib
+
+_HOME = {
+    "FusedMBConv": "blocks", "MBConv": "blocks", "EfficientNet": "efficientnet",
+    "EfficientNetFeatures": "efficientnet", "build_stages": "factory", "create_model": "factory",
+    "list_models": "factory", "folding_pays": "fuse", "fuse_bn": "fuse", "cpu_fast_paths": "small_maps",
+    "plain_convs": "small_maps", "VARIANTS": "specs", "StageSpec": "specs", "VariantSpec": "specs",
+    "get_variant": "specs",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"fmb.models.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'fmb.models' has no attribute {name!r}")
