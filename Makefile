@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: train test clean
+.PHONY: train test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,9 +15,14 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/fmb train
 
+# The full suite, every tier (what CI runs).
 test: $(STAMP)
 	$(VENV)/bin/ruff check fmb tests benchmarks cli.py
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: no slow end-to-end runs, no fresh interpreters, no multi-process training.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not subprocess and not ddp" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -54,12 +54,14 @@ def tiny_train_overrides(source, run_dir, **extra):
 
 @pytest.fixture
 def run_cli(capsys):
-    """Run the `fmb` app in this process, as the console script would: .returncode, .stdout, .stderr."""
+    """Run the `fmb` app in this process, as the console script would: .returncode, .stdout, .stderr
+    (what this command printed, not what the test printed before it)."""
     from types import SimpleNamespace
 
     from fmb.cli import app
 
     def run(*args):
+        capsys.readouterr()
         try:
             app([str(a) for a in args], prog_name="fmb")
             code = 0
@@ -71,14 +73,34 @@ def run_cli(capsys):
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """(last.ckpt, run dir, image folder) of one tiny EMA run on a 3-class folder, shared by the
-    predict, export and eval tests that only read it."""
+def finished_run(tmp_path_factory):
+    """One tiny two-epoch EMA run on a 3-class folder, trained once for the whole test session and
+    shared by every test that only reads a finished run: .summary (what train() returned),
+    .run_dir, .checkpoint (last.ckpt), .images. A test that changes a run works on a copy
+    (`copy_run`); tests that check a command leaves a run alone may point it at this one."""
+    from types import SimpleNamespace
+
     from fmb.config import load_config
     from fmb.training.run import train
 
-    root = tmp_path_factory.mktemp("tiny_checkpoint")
+    root = tmp_path_factory.mktemp("finished_run")
     images, run_dir = write_image_folder(root / "images"), root / "run"
     summary = train(load_config([], tiny_train_overrides(images, run_dir, **{"trainer.max_epochs": 2})))
-    assert summary["status"] == "completed"
-    return run_dir / "checkpoints" / "last.ckpt", run_dir, images
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    return SimpleNamespace(summary=summary, run_dir=run_dir, checkpoint=run_dir / "checkpoints" / "last.ckpt",
+                           images=images)
+
+
+def copy_run(run_dir, dest):
+    """A copy of a finished run's directory for a test that resumes, breaks or locks it."""
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(finished_run):
+    """(last.ckpt, run dir, image folder) of the shared finished run, for the predict, export and
+    eval tests that only read it."""
+    return finished_run.checkpoint, finished_run.run_dir, finished_run.images

@@ -173,7 +173,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path, fake_log):
+def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path, fake_log, run_cli):
     preset, out = _preset(tmp_path), tmp_path / "study"
     env = {**os.environ, "FAKE_SLOW": "FFMMMM"}
     proc = _cli("-c", preset, "--placements", "MMMMMM,FFMMMM,FFFFFF", "--out", out, env=env, start_new_session=True)
@@ -192,38 +192,37 @@ def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path, fak
     assert [r["trial_id"] for r in _lines(out / "results.jsonl")] == ["MMMMMM-s0"]
     first_summary = (out / "trials" / "MMMMMM-s0" / "summary.json").stat().st_mtime_ns
 
-    proc = _cli("--resume", "--out", out)  # the stored invocation, without FAKE_SLOW
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    resumed = run_cli("ablate", "--resume", "--out", out)  # the stored invocation, without FAKE_SLOW
+    assert resumed.returncode == 0, resumed.stderr
     ids = [r["trial_id"] for r in _lines(out / "results.jsonl")]
     assert sorted(ids) == ["FFFFFF-s0", "FFMMMM-s0", "MMMMMM-s0"]  # each exactly once
     assert fake_log.read_text().split() == ["MMMMMM-s0", "FFMMMM-s0", "FFMMMM-s0", "FFFFFF-s0"]
     assert (out / "trials" / "MMMMMM-s0" / "summary.json").stat().st_mtime_ns == first_summary
     assert not (out / "trials" / "FFMMMM-s0" / "started").exists()  # the interrupted attempt was replaced
-    assert (out / "report.md").exists() and "FFFFFF" in stdout
+    assert (out / "report.md").exists() and "FFFFFF" in resumed.stdout
 
 
 def _snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path):
+def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path, run_cli):
     preset, out = _preset(tmp_path, fake=False), tmp_path / "study"
     run_ablation([preset], placements="MMMMMM", profile_only=True, out=out)
     before = _snapshot(out)
-    # through the real command line (each start costs seconds of imports on a shared CPU) ...
+    # through the command line (in this process) ...
     cli_cases = {
         ("--placements", "FFFMM"): "expected 6 letters",
         ("--sweep", "exhaustive", "ablate.exhaustive_cap=8"): "above the cap of 8",
         ("--seeds", "0,x"): "invalid seed 'x'",
         ("--profile-only", "model.width_mult=0.5"): "model.width_mult: 0.25 here, 0.5 now",
     }
-    procs = {args: _cli("-c", preset, "--out", out, *args) for args in cli_cases}
-    for args, proc in procs.items():
-        _, stderr = proc.communicate(timeout=180)
-        assert proc.returncode == 2, (args, stderr)
+    for args, message in cli_cases.items():
+        result = run_cli("ablate", "-c", preset, "--out", out, *args)
+        stderr = result.stderr
+        assert result.returncode == 2, (args, stderr)
         assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error:"), (args, stderr)
-        assert cli_cases[args] in stderr, (args, stderr)
+        assert message in stderr, (args, stderr)
     # ... and the rest through the library function the command wraps (same FmbError, exit 2)
     lib_cases = [
         (dict(placements="FFXMMM"), "each F (Fused-MBConv) or M"),
@@ -251,12 +250,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_training_sweep(tmp_path):
-    """Two placements through the real `fmb train` on digits, a couple of steps each."""
+def test_real_training_sweep(tmp_path, run_cli):
+    """Two placements through the real `fmb train` on digits (each trial its own process), a
+    couple of steps each."""
     preset, out = _preset(tmp_path, fake=False), tmp_path / "study"
-    proc = _cli("-c", preset, "--placements", "MMMMMM,FFFMMM", "--out", out, "--json", tmp_path / "r.json")
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
+    result = run_cli("ablate", "-c", preset, "--placements", "MMMMMM,FFFMMM", "--out", out, "--json",
+                     tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr[-3000:]
     trials = json.loads((tmp_path / "r.json").read_text())["trials"]
     assert [t["status"] for t in trials] == ["completed", "completed"]
     for t in trials:

@@ -63,7 +63,7 @@ def test_two_trials_at_once_overlap_and_report_equals_sequential(tmp_path, fake_
     assert fused["n_pairs"] == 2 and fused["significant"] is True and fused["diff_ci_low"] > 0
 
 
-def test_sigkill_with_two_trials_in_flight_then_resume_runs_each_trial_once(tmp_path, fake_log):
+def test_sigkill_with_two_trials_in_flight_then_resume_runs_each_trial_once(tmp_path, fake_log, run_cli):
     preset, out = _preset(tmp_path), tmp_path / "study"
     env = {**os.environ, "FAKE_SLOW": "FFMMMM,FFFFFF"}
     proc = _cli("-c", preset, "--placements", "MMMMMM,FFMMMM,FFFFFF", "--out", out, "ablate.jobs=2",
@@ -82,9 +82,8 @@ def test_sigkill_with_two_trials_in_flight_then_resume_runs_each_trial_once(tmp_
     assert not any(_alive(p) for p in pids)  # both trials died with their sweep
     assert [r["trial_id"] for r in _lines(out / "results.jsonl")] == ["MMMMMM-s0"]
 
-    proc = _cli("--resume", "--out", out)  # the stored invocation (ablate.jobs=2 too), without FAKE_SLOW
-    _, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 0, stderr
+    resumed = run_cli("ablate", "--resume", "--out", out)  # the stored invocation (ablate.jobs=2 too), without FAKE_SLOW
+    assert resumed.returncode == 0, resumed.stderr
     ids = [r["trial_id"] for r in _lines(out / "results.jsonl")]
     assert sorted(ids) == ["FFFFFF-s0", "FFMMMM-s0", "MMMMMM-s0"]  # every trial exactly once, none lost
     assert sorted(fake_log.read_text().split()) == ["FFFFFF-s0", "FFFFFF-s0", "FFMMMM-s0", "FFMMMM-s0", "MMMMMM-s0"]

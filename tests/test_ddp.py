@@ -136,7 +136,7 @@ def run_ddp(tmp_path: Path, launcher: list[str], slurm: bool = False) -> dict:
     return {"colours": colours, "ranks": ranks, "work": work, "output": output, "run_dirs": run_dirs}
 
 
-def check_ddp_run(result: dict, cli_eval: bool = True) -> None:
+def check_ddp_run(result: dict, run_cli=None) -> None:
     colours, ranks, work = result["colours"], result["ranks"], result["work"]
     assert [r["world_size"] for r in ranks] == [2, 2]
 
@@ -174,11 +174,10 @@ def check_ddp_run(result: dict, cli_eval: bool = True) -> None:
     assert summary["world_size"] == 2 and summary["per_device_batch_size"] == BATCH
     assert summary["global_batch_size"] == 2 * BATCH
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if cli_eval:
+    if run_cli is not None:  # `fmb eval` on the command line (in this process)
         eval_json = work / "eval.json"
-        proc = subprocess.run([sys.executable, "-m", "fmb", "eval", str(checkpoint), "--json", str(eval_json)],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = run_cli("eval", str(checkpoint), "--json", str(eval_json))
+        assert out.returncode == 0, out.stderr[-3000:]
         evaluated = json.loads(eval_json.read_text())
     else:  # the function `fmb eval` calls, without another interpreter start
         evaluated = evaluate(checkpoint)
@@ -191,24 +190,30 @@ def check_ddp_run(result: dict, cli_eval: bool = True) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.ddp
 @two_processes
-def test_ddp_two_cpu_processes_lightning_launcher(tmp_path):
-    check_ddp_run(run_ddp(tmp_path, [sys.executable]))
+def test_ddp_two_cpu_processes_lightning_launcher(tmp_path, run_cli):
+    check_ddp_run(run_ddp(tmp_path, [sys.executable]), run_cli)
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.ddp
 @two_processes
 def test_ddp_two_cpu_processes_torchrun(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    check_ddp_run(run_ddp(tmp_path, [str(torchrun), "--nproc_per_node", "2"]), cli_eval=False)
+    check_ddp_run(run_ddp(tmp_path, [str(torchrun), "--nproc_per_node", "2"]))
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.ddp
 @two_processes
 def test_ddp_two_cpu_processes_slurm_tasks(tmp_path):
     """As scripts/slurm_train.sh runs it: srun starts both ranks, Lightning only reads SLURM's env."""
     result = run_ddp(tmp_path, [sys.executable], slurm=True)
-    check_ddp_run(result, cli_eval=False)
+    check_ddp_run(result)
     assert [p.name for p in (result["work"] / "runs" / "ddp").iterdir()] == ["slurm-4242-0"]
 
 
@@ -254,6 +259,7 @@ def test_bad_distributed_settings_fail_in_one_line_before_spawning(tmp_path, cap
     assert not run_dir.exists()  # nothing written: no half-made run directory
 
 
+@pytest.mark.subprocess
 def test_cli_more_cpu_processes_than_cores_is_one_line_without_traceback(tmp_path):
     """The real command line, end to end: no process started, nothing written."""
     proc = fmb_train(tmp_path, "trainer.accelerator=cpu", f"trainer.devices={CORES + 1}", "trainer.strategy=ddp",

@@ -1,7 +1,6 @@
-"""`fmb profile`: tables, JSON and plot through `python -m fmb` (one subprocess each for a
-good and a bad run), and every bad input as one FmbError before any work (in-process)."""
+"""`fmb profile`: tables, JSON and plot through the command line (in this process) for a good
+and a bad run, and every bad input as one FmbError before any work."""
 import json
-import subprocess
 import sys
 
 import pytest
@@ -18,13 +17,9 @@ CLI_DEFAULTS = {"variant": "efficientnetv2_s", "blocks": None, "sets": None, "wi
                 "compare_blocks": False, "warmup": 0, "iters": 1, "json_path": None, "plot_path": None}
 
 
-def run_fmb(*args):
-    return subprocess.run([sys.executable, "-m", "fmb", "profile", *args], capture_output=True, text=True, check=False)
-
-
-def test_profile_writes_tables_json_and_plot(tmp_path):
+def test_profile_writes_tables_json_and_plot(run_cli, tmp_path):
     out, png = tmp_path / "profile.json", tmp_path / "stages.png"
-    result = run_fmb(*TINY, "-r", "32", "-b", "2", "--mode", "infer", "--compare-blocks",
+    result = run_cli("profile", *TINY, "-r", "32", "-b", "2", "--mode", "infer", "--compare-blocks",
                      "--set", "stage.4.kernel_size=5", "--json", str(out), "--plot", str(png))
     assert result.returncode == 0, result.stderr
     assert "per stage" in result.stdout and "verdict" in result.stdout and "[1 run]" in result.stdout
@@ -34,8 +29,8 @@ def test_profile_writes_tables_json_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bad_input_is_one_red_line_and_exit_2():
-    result = run_fmb(*TINY, "-r", "32", "--iters", "0")
+def test_bad_input_is_one_red_line_and_exit_2(run_cli):
+    result = run_cli("profile", *TINY, "-r", "32", "--iters", "0")
     assert result.returncode == 2, result.stderr
     assert "invalid iters 0" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""Run directories as transactions, preemption as a real exit, failed writes (issue 14).
+"""Run directories as transactions, preemption as a real exit, failed writes.
 
 Real subprocesses and real signals for SIGTERM, SIGKILL, SLURM's SIGUSR1 and two processes
 on one run directory; in-process runs for the rest. docs/errors.md's rows are checked by
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_train_overrides, write_image_folder
+from conftest import copy_run, tiny_train_overrides, write_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,8 +72,7 @@ def test_second_process_is_refused_sigterm_preempts_and_resume_finishes(long_run
     first = start_fmb(["train", *overrides], log=tmp_path / "first.log")
     try:
         wait_for(run_dir / "checkpoints" / "last.ckpt", first)
-        second = subprocess.run([sys.executable, "-m", "fmb", "train", *overrides], cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
+        second = run_cli("train", *overrides)  # this test's process is the second one
         assert second.returncode == 2 and "in use by another fmb process" in second.stderr
         assert second.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in second.stderr
         assert "run dir:" not in second.stderr  # refused at once: no data loaded, no model built
@@ -213,17 +212,16 @@ def test_resume_from_an_older_checkpoint_branches_and_leaves_the_run_alone(image
     assert {e for e, _ in epochs_and_steps(branch)} == {"0", "1", "2"}
 
 
-def test_a_failed_resume_puts_every_file_back(image_folder, tmp_path, run_cli, monkeypatch):
+def test_a_failed_resume_puts_every_file_back(finished_run, tmp_path, run_cli, monkeypatch):
     from fmb.training.module import ImageClassifier
 
-    run_dir = tmp_path / "run"
-    assert run_cli("train", *tiny_train_overrides(image_folder, run_dir)).returncode == 0
+    run_dir = copy_run(finished_run.run_dir, tmp_path / "run")  # two epochs done
     before = checksums(run_dir)
 
     def broken(self, batch, batch_idx):
         raise RuntimeError("boom")
     monkeypatch.setattr(ImageClassifier, "training_step", broken)
-    out = run_cli("train", "--resume", run_dir, "trainer.max_epochs=2")
+    out = run_cli("train", "--resume", run_dir, "trainer.max_epochs=3")
     assert out.returncode == 1 and "RuntimeError: boom" in out.stderr
     after = checksums(run_dir)
     assert "Traceback" in (run_dir / "error.log").read_text()

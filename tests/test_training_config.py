@@ -93,7 +93,7 @@ def test_data_group_replaces_the_whole_section():
     assert load_config(["cifar10_v2s"], ["data.source=digits"]).data.image_column is None
 
 
-def test_release_0_1_keys_move_to_their_new_section(tmp_path):
+def test_keys_of_older_configs_move_to_their_new_section(tmp_path):
     old = tmp_path / "config.yaml"
     old.write_text("aug:\n  hflip: false\n  crop_scale_min: 0.7\n  label_smoothing: 0.2\n")
     cfg = load_config([old])

@@ -6,21 +6,17 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_train_overrides
+from conftest import copy_run, tiny_train_overrides
 from fmb.config import load_config
 from fmb.errors import FmbError
 from fmb.training.evaluate import evaluate
 from fmb.training.run import train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny two-epoch run shared by the checks that only read it."""
-    from conftest import write_image_folder
-    root = tmp_path_factory.mktemp("run")
-    images, run_dir = write_image_folder(root / "images"), root / "r"
-    cfg = load_config([], tiny_train_overrides(images, run_dir, **{"trainer.max_epochs": 2}))
-    return train(cfg), run_dir
+@pytest.fixture
+def trained(finished_run):
+    """(summary, run dir) of the session's tiny two-epoch run, for the checks that only read it."""
+    return finished_run.summary, finished_run.run_dir
 
 
 def test_run_dir_holds_config_checkpoints_metrics_summary(trained):
@@ -56,10 +52,9 @@ def test_eval_cli_json_and_confusion(run_cli, trained, tmp_path):
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_continues_epochs_and_optimizer_state(run_cli, image_folder, tmp_path):
-    straight = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "straight",
-                                                         **{"trainer.max_epochs": 2})))
-    first = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "split")))
+def test_resume_continues_epochs_and_optimizer_state(run_cli, finished_run, tmp_path):
+    straight = finished_run.summary  # the same run (data, seed, config) straight through its two epochs
+    first = train(load_config([], tiny_train_overrides(finished_run.images, tmp_path / "split")))
     assert first["epochs"] == 1
     # The first run stopped after one epoch (as if interrupted); resume it with the full budget.
     out = run_cli("train", "--resume", str(tmp_path / "split"), "trainer.max_epochs=2")
@@ -84,10 +79,8 @@ def test_fast_dev_run_through_the_cli(run_cli, image_folder, tmp_path):
 
 
 def test_resume_from_a_checkpoint_file(run_cli, trained, tmp_path):
-    import shutil
     _, run_dir = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy)
+    copy = copy_run(run_dir, tmp_path / "copy")
     best = next((copy / "checkpoints").glob("best-*.ckpt"))
     before = (copy / "summary.json").read_bytes()
     out = run_cli("train", "--resume", str(best), "trainer.max_epochs=3")
@@ -100,40 +93,39 @@ def test_resume_from_a_checkpoint_file(run_cli, trained, tmp_path):
         assert (copy / "summary.json").read_bytes() == before
 
 
-def test_ema_weights_differ_from_raw_and_eval_can_pick_either(image_folder, tmp_path):
-    cfg = load_config([], tiny_train_overrides(image_folder, tmp_path / "ema",
-                                               **{"ema.enabled": True, "ema.decay": 0.5}))
-    summary = train(cfg)
+def test_ema_weights_differ_from_raw_and_eval_can_pick_either(finished_run):
+    summary, last = finished_run.summary, finished_run.checkpoint  # trained with ema.enabled=true
     assert summary["val_raw_top1"] is not None  # validation reports the raw model too
-    ckpt = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(last, weights_only=True)
     ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
     assert any(not torch.equal(ema[k], raw[k]) for k in ema if k.endswith("weight"))
-    with_ema = evaluate(tmp_path / "ema" / "checkpoints" / "last.ckpt", ema=True)
-    without = evaluate(tmp_path / "ema" / "checkpoints" / "last.ckpt", ema=False)
+    with_ema = evaluate(last, ema=True)
+    without = evaluate(last, ema=False)
     assert with_ema["top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
     assert without["top1"] == pytest.approx(summary["val_raw_top1"], abs=1e-6)
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(run_cli, image_folder, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(run_cli, finished_run, tmp_path,
+                                                                         monkeypatch):
     from fmb.training.module import ImageClassifier
-    run_dir = tmp_path / "nan"
-    train(load_config([], tiny_train_overrides(image_folder, run_dir)))
+    run_dir = copy_run(finished_run.run_dir, tmp_path / "nan")  # two epochs done
     before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
-    changed = run_cli("train", "--resume", str(run_dir), "trainer.max_epochs=2", "optim.name=sgd")
+    changed = run_cli("train", "--resume", str(run_dir), "trainer.max_epochs=3", "optim.name=sgd")
     assert changed.returncode == 2 and "optim.name changed (adamw → sgd)" in changed.stderr
 
     honest_loss = ImageClassifier.loss
 
-    def diverging_loss(self, logits, targets):  # the second epoch blows up
+    def diverging_loss(self, logits, targets):  # the third epoch blows up at its first step
         loss = honest_loss(self, logits, targets)
-        return loss * float("nan") if self.trainer.current_epoch >= 1 else loss
+        return loss * float("nan") if self.trainer.current_epoch >= 2 else loss
 
     monkeypatch.setattr(ImageClassifier, "loss", diverging_loss)
-    with pytest.raises(FmbError, match=r"loss became nan at step 3 \(epoch 1\)") as info:
-        train(load_config([str(run_dir / "config.yaml")], ["trainer.max_epochs=2"]), resume=run_dir)
+    step = finished_run.summary["global_step"]  # the steps of the two finished epochs: 0 .. step-1
+    with pytest.raises(FmbError, match=rf"loss became nan at step {step} \(epoch 2\)") as info:
+        train(load_config([str(run_dir / "config.yaml")], ["trainer.max_epochs=3"]), resume=run_dir)
     assert info.value.exit_code == 1
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
-    # The resume failed before its first checkpoint: the run's files are as they were (issue 14).
+    # The resume failed before its first checkpoint: the run's files are as they were.
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert "loss became nan" in (run_dir / "error.log").read_text()
 
@@ -199,9 +191,9 @@ def test_holdout_chooses_the_checkpoint_and_the_reported_split_never_does(image_
     assert result["examples"] == 15 and result["top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
 
 
-def test_a_release_0_1_checkpoint_still_evaluates(trained, tmp_path):
-    """Checkpoints of the first release kept model_kwargs/optim/data/run_config hyperparameters
-    and aug.hflip; they are read in today's shape and give the same result."""
+def test_a_checkpoint_in_the_older_hyperparameter_layout_still_evaluates(trained, tmp_path):
+    """Older fmb checkpoints kept model_kwargs/optim/data/run_config hyperparameters and
+    aug.hflip; they are read in today's shape and give the same result."""
     from fmb.config import to_dict
     _, run_dir = trained
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
