@@ -1,41 +1,51 @@
 """Small helpers with no better home: atomic file writes, rank-zero printing, the CPU we run on."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """As atomic_write_text; a failed write (disk full, read-only, a file where a folder
-    should be) leaves no temp file, keeps the old file, and is one FmbError naming the path."""
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp", errors: tuple = (OSError,)):
+    """A temp file beside `path` for the block to write; renamed onto `path` when the block ends
+    without an error, so readers never see half a file. A failure (disk full, read-only, a file
+    where a folder should be; `errors` says which exceptions mean that) leaves no temp file,
+    keeps the old file, and is one FmbError naming the path. The one place fmb writes a file
+    atomically: results, configs, checkpoints, plots and exports all come through here."""
     from fmb.errors import write_error
 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
     except OSError as exc:
         raise write_error(path, exc) from None
+    tmp = Path(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_error(path, exc) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except errors as exc:
+        raise write_error(path, exc) from None  # before the temp file goes: a full disk is still full now
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` atomically (see atomic_path)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` atomically (see atomic_path), flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def writable_folder(path: Path) -> tuple[Path, str | None]:
@@ -73,13 +83,31 @@ def _umask() -> int:
     return mask
 
 
+# Width of a console that is not a terminal: wide enough that no path, command or table cell
+# is ever wrapped or cut (rich would otherwise lay everything out in 80 columns).
+PIPED_WIDTH = 10_000
+
+
+def make_console(stderr: bool = False, **kwargs):
+    """A rich Console for fmb's output. Piped or in a SLURM log (not a terminal): no wrapping,
+    no cut cells, no colour codes, no progress-bar frames, so every printed path and command
+    stays whole and copyable."""
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if hasattr(stream, "isatty") and stream.isatty():
+        return Console(stderr=stderr, **kwargs)
+    return Console(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True, **kwargs)
+
+
 def rank_zero_print(message: str) -> None:
     """Print rich markup once, on global rank 0 (every rank runs the same code under DDP)."""
     from lightning.pytorch.utilities import rank_zero_only
-    from rich.console import Console
 
     if rank_zero_only.rank == 0:
-        Console(stderr=True, highlight=False).print(message)
+        make_console(stderr=True, highlight=False).print(message)
 
 
 def cpu_cores() -> int:

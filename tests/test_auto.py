@@ -13,45 +13,66 @@ import yaml
 from conftest import tiny_train_overrides
 from fmb.config import load_config
 from fmb.errors import FmbError
+from fmb.device import Machine
 from fmb.training import auto
+
+
+class FakeMachine(Machine):
+    """A Machine whose load readings are set by the test."""
+
+    def __init__(self, busy=0.0, load=0.0, **facts):
+        super().__init__(**facts)
+        object.__setattr__(self, "busy", busy)
+        object.__setattr__(self, "load", load)
+
+    def busy_cores(self):
+        return self.busy
+
+    def load_average(self):
+        return self.load
 
 
 @pytest.fixture
 def hardware(monkeypatch, tmp_path):
-    """Set the machine's facts: hardware(cuda=..., bf16=..., cpu_bf16=..., measured=(fp32_ms, bf16_ms))."""
+    """Set the machine's facts: hardware(cuda=..., bf16=..., cpu_bf16=..., measured=(fp32_ms, bf16_ms));
+    returns the list of precision measurements made (True per call)."""
     monkeypatch.setenv("FMB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(auto, "cpu_cores", lambda: 2)
-    monkeypatch.setattr(auto, "cpu_load", lambda: 0.0)
-    monkeypatch.setattr(auto, "others_busy_cores", lambda: 0.0)
     threads = torch.get_num_threads()
     calls = []
+    state = {}
 
-    def set_facts(cuda=False, bf16=False, cpu_bf16=False, measured=None):
-        monkeypatch.setattr(auto, "cuda_available", lambda: cuda)
-        monkeypatch.setattr(auto, "cuda_bf16", lambda: cuda and bf16)
-        monkeypatch.setattr(auto, "mps_available", lambda: False)
-        monkeypatch.setattr(auto, "cpu_native_bf16", lambda: cpu_bf16)
+    def set_facts(cuda=False, bf16=False, cpu_bf16=False, measured=None, cores=2, busy=0.0, load=0.0, gpus=0):
+        state["machine"] = FakeMachine(busy=busy, load=load, cuda=cuda, cuda_bf16=cuda and bf16, cpu_native_bf16=cpu_bf16,
+                                       cores=cores, cuda_count=gpus or int(cuda))
 
-        def step_ms(use_bf16, iters=3):
-            calls.append(use_bf16)
+        def measure():
+            calls.append(True)
             if measured is None:
                 raise AssertionError("measured without native bf16")
-            return measured[1] if use_bf16 else measured[0]
-        monkeypatch.setattr(auto, "_step_ms", step_ms)
+            return {"fp32_ms": measured[0], "bf16_ms": measured[1]}
+        state["measure"] = measure
+        for where in ("fmb.training.run.machine", "fmb.training.module.machine"):
+            monkeypatch.setattr(where, lambda: state["machine"])
         return calls
+    set_facts.state = state
     yield set_facts
     torch.set_num_threads(threads)  # a run sets the process's threads
 
 
-def decided(*overrides):
+def plan(hardware, *overrides, **kw):
     cfg = load_config([], list(overrides))
-    return {k: d.value for k, d in auto.decide(cfg).items() if k not in ("torch.threads", "data.num_workers")}, cfg
+    return auto.resolve(cfg, hardware.state["machine"], measure_precision=hardware.state["measure"], **kw)
+
+
+def decided(hardware, *overrides):
+    return {k: d.value for k, d in plan(hardware, *overrides).decisions.items()
+            if k not in ("torch.threads", "data.num_workers", "model.compile")}
 
 
 def test_cuda_with_bf16_gets_bf16_and_channels_last(hardware):
     hardware(cuda=True, bf16=True)
-    values, _ = decided()
+    values = decided(hardware)
     assert values == {"trainer.accelerator": "cuda", "trainer.precision": "bf16-mixed", "model.channels_last": True}
 
 
@@ -79,62 +100,89 @@ def test_planned_steps_count_as_lightning_does():
 
 def test_cuda_without_bf16_gets_fp16_mixed(hardware):
     hardware(cuda=True, bf16=False)
-    assert decided()[0]["trainer.precision"] == "16-mixed"
+    assert decided(hardware)["trainer.precision"] == "16-mixed"
 
 
 def test_cpu_without_native_bf16_stays_fp32_without_measuring(hardware):
     calls = hardware(cpu_bf16=False)
-    values, _ = decided()
+    values = decided(hardware)
     assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true", "model.channels_last": False}
     assert calls == []
 
 
-def test_cpu_bf16_used_only_where_it_measures_faster_and_the_result_is_cached(hardware, tmp_path):
+def test_cpu_bf16_used_only_where_this_models_step_measures_faster(hardware):
     calls = hardware(cpu_bf16=True, measured=(100.0, 60.0))
-    values, _ = decided()
+    values = decided(hardware)
     assert values["trainer.precision"] == "bf16-mixed" and values["model.channels_last"] is True
-    measured = len(calls)
-    assert measured and json.loads((tmp_path / "cache" / "cpu_bf16.json").read_text())
-    decided()
-    assert len(calls) == measured  # the cache answered
+    assert calls == [True]
+    assert "this model's training step measured bf16 60.0 ms vs fp32 100.0 ms" in plan(
+        hardware).decisions["trainer.precision"].reason
+    hardware(cpu_bf16=True, measured=(100.0, 95.0))  # not a clear win
+    assert decided(hardware)["trainer.precision"] == "32-true"
 
-    hardware(cpu_bf16=True, measured=(100.0, 95.0))  # not a clear win (cache keyed the same: clear it)
-    (tmp_path / "cache" / "cpu_bf16.json").unlink()
-    assert decided()[0]["trainer.precision"] == "32-true"
+
+def test_the_precision_measurement_is_this_models_and_cached(monkeypatch, tmp_path):
+    from fmb.training import precision_probe
+    monkeypatch.setenv("FMB_CACHE", str(tmp_path / "cache"))
+    timed = []
+
+    def step_ms(step, iters=3):
+        step()
+        timed.append(step)
+        return 10.0 * len(timed)
+    monkeypatch.setattr(precision_probe, "step_ms", step_ms)
+    kwargs = {"name": "efficientnetv2_b0", "width_mult": 0.25, "depth_mult": 0.25}
+    first = precision_probe.measure_model_precision(kwargs, 32, 4)
+    assert set(first) == {"fp32_ms", "bf16_ms"} and len(timed) == 4  # two alternated rounds each way
+    assert precision_probe.measure_model_precision(kwargs, 32, 4) == first and len(timed) == 4  # the cache answered
+    precision_probe.measure_model_precision({**kwargs, "name": "efficientnet_b0"}, 32, 4)
+    assert len(timed) == 8  # another model: its own measurement
+    precision_probe.measure_model_precision(kwargs, 64, 4)
+    assert len(timed) == 12  # another size too
 
 
 def test_explicit_values_win(hardware):
     hardware(cuda=True, bf16=True)
-    values, _ = decided("trainer.precision=32-true", "model.channels_last=false", "model.compile=false",
-                        "trainer.accelerator=cpu")
+    values = decided(hardware, "trainer.precision=32-true", "model.channels_last=false", "model.compile=false",
+                     "trainer.accelerator=cpu")
     assert values == {"trainer.accelerator": "cpu", "trainer.precision": "32-true", "model.channels_last": False}
     hardware(cpu_bf16=False)
-    cfg = load_config([], ["model.channels_last=true", "trainer.precision=bf16-mixed"])
-    decisions = auto.decide(cfg)
+    decisions = plan(hardware, "model.channels_last=true", "trainer.precision=bf16-mixed").decisions
     assert decisions["model.channels_last"].value is True and decisions["trainer.precision"].value == "bf16-mixed"
     assert decisions["model.channels_last"].requested is True
 
 
-def test_cpu_threads_are_the_cores_other_processes_leave_free(hardware, monkeypatch):
+def test_cpu_threads_are_every_core_whatever_else_runs(hardware):
+    hardware(busy=1.2, load=3.5)  # other jobs hold a core: the run's threads do not follow them
+    decision = plan(hardware).decisions["torch.threads"]
+    assert decision.value == 2 and "same seed, same numbers" in decision.reason
+    assert plan(hardware, "run.threads=1").decisions["torch.threads"].value == 1
+    assert plan(hardware, "run.threads=1").decisions["torch.threads"].requested == 1
+
+
+def test_following_the_load_is_opt_in_and_takes_the_cores_others_leave_free(hardware, monkeypatch):
     hardware()
-    cfg = load_config([], [])
-    assert auto.decide(cfg)["torch.threads"].value == 2  # quiet machine: every core
-    monkeypatch.setattr(auto, "cpu_load", lambda: 3.5)  # a job that just ended still holds the load average
-    assert auto.decide(cfg)["torch.threads"].value == 2  # but the cores are free now
-    monkeypatch.setattr(auto, "others_busy_cores", lambda: 1.2)
-    assert auto.decide(cfg)["torch.threads"].value == 1  # other jobs hold the cores: one thread
-    monkeypatch.setattr(auto, "others_busy_cores", lambda: None)  # no /proc/stat: the load average
-    assert auto.decide(cfg)["torch.threads"].value == 1
+    threads = ["run.threads=follow_load"]
+    assert plan(hardware, *threads).decisions["torch.threads"].value == 2  # quiet machine: every core
+    assert plan(hardware, *threads).follow_load and not plan(hardware).follow_load
+    hardware(load=3.5)  # a job that just ended still holds the load average
+    assert plan(hardware, *threads).decisions["torch.threads"].value == 2  # but the cores are free now
+    hardware(busy=1.2)
+    assert plan(hardware, *threads).decisions["torch.threads"].value == 1  # other jobs hold the cores: one thread
+    hardware(busy=None, load=1.7)  # no /proc/stat: the load average
+    assert plan(hardware, *threads).decisions["torch.threads"].value == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert auto.decide(cfg)["torch.threads"].requested == "2"  # the user's setting wins
+    assert plan(hardware, *threads).decisions["torch.threads"].requested == "2"  # the user's setting wins
 
 
 def test_apply_writes_the_decided_values_into_the_config(hardware):
     hardware(cuda=True, bf16=True)
     cfg = load_config([], ["progressive.enabled=true", "trainer.max_epochs=4"])
-    decisions = {**auto.decide(cfg), "model.compile": auto.compile_("auto", "cuda", True, 10**6)}
-    auto.apply(cfg, decisions)
-    assert cfg.trainer["precision"] == "bf16-mixed" and cfg.model.channels_last is True and cfg.model.compile is True
+    the_plan = auto.resolve(cfg, hardware.state["machine"])
+    the_plan.decisions["model.compile"] = auto.compile_("auto", "cuda", True, 10**6)
+    ran = the_plan.apply(cfg)
+    assert ran.trainer["precision"] == "bf16-mixed" and ran.model.channels_last is True and ran.model.compile is True
+    assert cfg.trainer["precision"] == "auto" and cfg.model.compile == "auto"  # the asked-for config is intact
 
 
 def test_auto_is_the_default_and_other_words_are_refused():
@@ -176,8 +224,8 @@ def test_run_prints_and_records_its_decisions(hardware, image_folder, tmp_path, 
                                                                                  "trainer.limit_val_batches": 1})))
     saved = json.loads((run_dir / "summary.json").read_text())["auto"]
     assert saved == summary["auto"]
-    assert saved["trainer.precision"] == {"value": "32-true", "requested": "auto",
-                                          "reason": auto.cpu_bf16_faster()[1]}
+    assert saved["trainer.precision"] == {"value": "32-true", "requested": "auto", "reason": auto.precision(
+        "auto", "cpu", hardware.state["machine"]).reason}
     assert saved["model.channels_last"]["value"] is False and saved["torch.threads"]["value"] == 2
     assert saved["model.compile"]["value"] is False  # decided once the data's size was known
     printed = capsys.readouterr()
@@ -193,11 +241,10 @@ def test_loader_workers_follow_the_machine(hardware, monkeypatch):
     assert auto_workers(True, 1, cores=256)[0] == MAX_WORKERS
     assert auto_workers(True, 4, cores=4)[0] == 1
     assert auto_workers(False, 1, cores=2)[0] == 2 and auto_workers(False, 1, cores=1)[0] == 1
-    hardware(cuda=True, bf16=True)
-    monkeypatch.setattr(auto, "cpu_cores", lambda: 16)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    hardware(cuda=True, bf16=True, cores=16, gpus=2)
+
     def workers(*overrides):
-        return auto.decide(load_config([], list(overrides)))["data.num_workers"]
+        return plan(hardware, *overrides).decisions["data.num_workers"]
     assert workers().value == 15  # trainer.devices=1, the default
     assert workers("trainer.devices=auto").value == 7  # both GPUs: half the cores each
     assert workers("trainer.devices=[0,1]").value == 7
@@ -213,21 +260,24 @@ def test_threads_follow_the_load_at_each_epoch(monkeypatch, capsys):
 
     from fmb.training.cpu_threads import FollowLoad
     threads = torch.get_num_threads()
-    monkeypatch.setattr(auto, "cpu_cores", lambda: 2)
-    follow, epoch = FollowLoad(), SimpleNamespace(current_epoch=1)
+    machine = FakeMachine(cores=2)
+    follow, epoch = FollowLoad(machine), SimpleNamespace(current_epoch=1)
+
+    def load(value):
+        object.__setattr__(machine, "load", value)
     try:
         torch.set_num_threads(1)
-        monkeypatch.setattr(auto, "cpu_load", lambda: 1.1)  # only this run (one thread): the machine is free
+        load(1.1)  # only this run (one thread): the machine is free
         follow.on_train_epoch_start(epoch, None)
         assert torch.get_num_threads() == 2 and "threads: 1 → 2" in capsys.readouterr().err
         follow.on_train_epoch_start(epoch, None)  # 2 threads keep the load at ~2: stays
-        monkeypatch.setattr(auto, "cpu_load", lambda: 2.1)
+        load(2.1)
         follow.on_train_epoch_start(epoch, None)
         assert torch.get_num_threads() == 2
-        monkeypatch.setattr(auto, "cpu_load", lambda: 3.2)  # another job took a core
+        load(3.2)  # another job took a core
         follow.on_train_epoch_start(epoch, None)
         assert torch.get_num_threads() == 1
-        monkeypatch.setattr(auto, "cpu_load", lambda: 0.2)
+        load(0.2)
         follow.on_train_epoch_start(SimpleNamespace(current_epoch=0), None)  # epoch 0: the start decision stands
         assert torch.get_num_threads() == 1
     finally:
@@ -236,10 +286,12 @@ def test_threads_follow_the_load_at_each_epoch(monkeypatch, capsys):
 
 def test_threads_are_fmbs_to_follow_only_on_one_cpu_process(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert auto.follows_load("cpu", 1) and auto.follows_load("cpu", "auto")
-    assert not auto.follows_load("cpu", 2) and not auto.follows_load("cuda", 1)
+    follow = auto.FOLLOW_LOAD
+    assert auto.follows_load(follow, "cpu", 1) and auto.follows_load(follow, "cpu", "auto")
+    assert not auto.follows_load(follow, "cpu", 2) and not auto.follows_load(follow, "cuda", 1)
+    assert not auto.follows_load("auto", "cpu", 1)  # opt-in
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert not auto.follows_load("cpu", 1)
+    assert not auto.follows_load(follow, "cpu", 1)
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat")
@@ -253,3 +305,22 @@ def test_others_busy_cores_sees_a_busy_process_and_not_this_one():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_metrics_with_a_busy_neighbour(image_folder, tmp_path, monkeypatch):
+    """Threads come from the machine's cores, not its neighbours' load: a run next to a busy
+    process computes the same sums, so seed-paired trials stay comparable."""
+    from fmb.training.run import train
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    extra = {"trainer.limit_train_batches": 2, "trainer.limit_val_batches": 2, "trainer.max_epochs": 1}
+    quiet = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "quiet", **extra)))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "busy", **extra)))
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy["auto"]["torch.threads"] == quiet["auto"]["torch.threads"]
+    assert (busy["val_loss"], busy["val_top1"]) == (quiet["val_loss"], quiet["val_top1"])

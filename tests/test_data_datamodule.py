@@ -37,7 +37,7 @@ def module(source, tmp_path, seed=0, aug=None, **data):
 
 
 def _val_rows(dm):
-    hf, _, rows = dm._splits["val"]
+    hf, _, rows = dm.splits["val"]
     return hf.select(rows)
 
 

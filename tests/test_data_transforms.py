@@ -192,8 +192,6 @@ def test_default_preprocessing_is_unchanged_and_autoaugment_replaces_randaugment
     assert not any(isinstance(t, PaperRandAugment) for t in steps)
 
 
-@pytest.mark.xfail(strict=True, reason="fmb/data/datamodule.py does not pass preprocessing_kwargs(data) to the "
-                   "transforms and the collate yet; remove this marker with that edit")
 def test_the_data_keys_reach_the_loaders(tmp_path):
     from fmb.config.schema import AugConfig, DataConfig
     from fmb.data import ImageDataModule

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fmb.ablation.devices import plan_slots
 from fmb.ablation.study import Study
-from fmb.ablation.sweep import pending_trials, prepare_study
+from fmb.ablation.local import pending_trials
+from fmb.ablation.sweep import prepare_study
 
 
 def _train_images(cfg: dict) -> tuple[int | None, str]:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from fmb.ablation.plan import baseline_placement, fused_stages_label
 from fmb.ablation.stats import paired_difference
-from fmb.utils import atomic_write_text
+from fmb.utils import atomic_path, atomic_write_text
 
 CSV_FIELDS = ("trial_id", "placement", "fused_stages", "seed", "status", "params", "macs", "flops",
               "infer_images_per_sec", "train_images_per_sec", "val_top1", "best_val_top1", "val_loss",
@@ -170,10 +170,9 @@ def write_plots(out: Path, rows: list[dict], title: str) -> list[str]:
     trained = [r for r in rows if r["top1_mean"] is not None]
 
     def save(fig, name):
-        tmp = out / f".{name}.tmp.png"  # write then rename: a plot is never half there
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        with atomic_path(out / name, suffix=".png") as tmp:  # a plot is never half there
+            fig.savefig(tmp, dpi=130, bbox_inches="tight")
         plt.close(fig)
-        tmp.replace(out / name)
         written.append(name)
 
     def label(ax, pts, xkey, ykey, xscale=1.0):

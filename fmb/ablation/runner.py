@@ -83,21 +83,6 @@ class TrialProcess:
         self.proc.wait()
 
 
-def run_process(cmd: list[str], log_path: Path, timeout_s: float | None = None, on_tick=None,
-                env: dict | None = None) -> tuple[int, bool]:
-    """Run cmd to the end (see TrialProcess); returns (exit code, timed out)."""
-    proc = TrialProcess(cmd, log_path, timeout_s, env)
-    try:
-        while (rc := proc.poll()) is None:
-            time.sleep(0.2)
-            if on_tick:
-                on_tick()
-    except BaseException:  # Ctrl-C or anything else: never leave the trial running unsupervised
-        proc.kill()
-        raise
-    return rc, proc.timed_out
-
-
 def _log_tail(log_path: Path, lines: int = 1) -> str:
     try:
         text = log_path.read_bytes()[-4000:].decode(errors="replace")

@@ -194,3 +194,31 @@ def _job_error(job) -> str | None:
         return None
     text = [ln for ln in str(exc).splitlines() if ln.strip()]
     return f"slurm job {job.job_id} failed: {text[-1] if text else type(exc).__name__}"
+
+
+def run_on_slurm(study, store, records: dict, out: Path, console) -> None:
+    """Submit the trials not finished yet as SLURM jobs and, with ablate.slurm.wait, follow them."""
+    from rich.progress import Progress
+
+    from fmb.ablation.local import COLUMNS
+
+    jobs, _ = submit_missing(study, out, records, console)
+    if not jobs:
+        return
+    if not study.ablate["slurm"]["wait"]:
+        console.print(f"{len(jobs)} job(s) on the cluster; `fmb ablate --resume --out {out}` collects them and "
+                      f"writes the report")
+        return
+    n = len(study.trials)
+    finished = n - len(jobs)
+    try:
+        with Progress(*COLUMNS, console=console) as progress:
+            task = progress.add_task("trial jobs", total=n, completed=finished)
+
+            def update(done, waiting):
+                progress.update(task, completed=finished + done, description=f"trial jobs · {waiting} queued or running")
+            wait_for_jobs(study, out, store, jobs, console, update)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]stopped waiting; the jobs keep running. `fmb ablate --resume --out {out}` "
+                      f"collects them[/]")
+        raise

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from fmb.utils import make_console
 from fmb.errors import EXIT_FAILED, EXIT_INTERRUPTED, FmbError, describe_os_error, unwrap_worker_error
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 class _App(typer.Typer):

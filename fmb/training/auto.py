@@ -1,52 +1,49 @@
-"""`auto` settings: the fastest correct mode for the machine a run is on, decided once.
+"""`auto` settings: the fastest correct mode for this run on this machine, decided once, in one pass.
 
-`trainer.precision`, `trainer.accelerator`, `model.channels_last` and `model.compile` accept
-`auto` (the defaults); torch's CPU thread count is decided too (OMP_NUM_THREADS wins).
-`decide(cfg)` turns each into a concrete value with a one-line reason; an explicit value is
-kept as given ("explicit"). The run prints the decisions once at start and saves them in
-summary.json under `auto`, and config.yaml holds the values that ran.
+`trainer.precision`, `trainer.accelerator`, `model.channels_last`, `model.compile`,
+`data.num_workers` and `run.threads` accept `auto` (the defaults). `resolve(cfg, machine, ...)`
+turns each into a concrete value with a one-line reason; an explicit value is kept as given.
+It is a plain function of the config and the machine's facts (fmb/device.py): nothing is
+measured here except through the `measure_precision` probe it is handed. The run prints the
+plan once, records it in summary.json under `auto`, and config.yaml holds the values that ran
+(`Plan.apply`); a resume decides afresh for the machine it runs on.
 
 What decides, and why:
-- accelerator: CUDA, else MPS, else CPU (what Lightning's `auto` picks; fmb needs to know it
-  to choose the rest).
-- precision: bf16-mixed on CUDA GPUs that support bf16 (Ampere and newer), 16-mixed on older
-  CUDA GPUs (tensor cores, with Lightning's grad scaler); on a CPU bf16-mixed only when the
-  CPU has native bf16 (AVX512-BF16 or AMX) *and* a small training step measures faster in
-  bf16 than in fp32 here. Without native bf16 the CPU emulates it and is several times slower,
-  so nothing is measured. The measurement is cached per CPU model and torch version under
-  $FMB_CACHE (default ~/.cache/fmb).
-- channels_last: on CUDA (cuDNN's NHWC kernels under mixed precision) and with bf16 on a CPU
-  (oneDNN's bf16 convs are NHWC); off for fp32 on CPU and MPS.
-- compile: torch.compile of the training forward on CUDA, for runs long enough to repay it
-  (`COMPILE_MIN_STEPS`); off on CPU and MPS, and for short runs. Measured on an H200 (README,
-  GPU): compiling V2-S's forward and backward took ~70 s, and on the digits front door (batch
-  32, 32 px, launch-bound) the compiled step was 72 ms against 80 ms eager, so the 600-step
-  run would have spent far more compiling than it saved. The step count is known once the
-  data is loaded, so this decision is made then (`compile_`), after the others. With
-  progressive learning the forward is compiled with dynamic shapes, so the image size changes
-  at stage boundaries reuse one graph instead of recompiling per stage.
-- data.num_workers: on CUDA each device's share of the cores less one (the loader is the bound
-  there), on CPU 2 (the workers share the cores with training): fmb/data/workers.py.
-- threads (CPU): the cores other processes leave free (see `threads`).
+- accelerator: CUDA, else MPS, else CPU (what Lightning's `auto` picks).
+- precision: bf16-mixed on CUDA GPUs with bf16 (Ampere and newer), 16-mixed on older ones
+  (tensor cores, with Lightning's grad scaler); on a CPU bf16-mixed only when the CPU has
+  native bf16 (AVX512-BF16 or AMX) *and* this model's own training step, at this size and
+  batch, measures clearly faster in bf16 than in fp32 (a generic probe picked bf16 for models
+  where it lost). Without native bf16 the CPU emulates it, several times slower: not measured.
+- channels_last: on CUDA (cuDNN's NHWC kernels) and with bf16 on a CPU (oneDNN's bf16 convs
+  are NHWC); off for fp32 on CPU and MPS.
+- compile: torch.compile of the training forward on CUDA for runs long enough to repay it
+  (`COMPILE_MIN_STEPS`); on an H200 compiling V2-S took ~70 s and saved ~8 ms of an 80 ms
+  launch-bound step, so a 600-step run would spend far more compiling than it saved.
+- data.num_workers: on CUDA each device's share of the cores less one, on CPU 2
+  (fmb/data/workers.py).
+- threads (CPU): every core of the machine, whatever else runs, so the same seed gives the
+  same numbers on a busy machine (1 vs 2 threads change the float sums); `run.threads=
+  follow_load` takes the cores other processes leave free instead, re-decided each epoch.
 """
 from __future__ import annotations
 
-import json
+import copy
 import os
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from fmb.data.workers import auto_workers
-from fmb.utils import cpu_cores, cpu_model, others_busy_cores
+from fmb.device import Machine, accelerator_type
 
 AUTO = "auto"
+FOLLOW_LOAD = "follow_load"
 # Training steps from which torch.compile pays on CUDA: ~70 s of compile at a saving of ~8 ms
-# per step (launch-bound, measured on an H200) breaks even near 9k steps; larger images save more.
+# per step (launch-bound, measured on an H200) breaks even near 9k steps.
 COMPILE_MIN_STEPS = 10_000
+BF16_CLEAR_WIN = 0.9  # bf16 must take under 90 % of fp32's time: it also costs a little accuracy
 
 
 @dataclass
@@ -61,107 +58,44 @@ class Decision:
         return f"{key}={self.value} (auto: {self.reason})"
 
 
-# --- hardware facts (each a function, so tests can monkeypatch them) -------------------
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
+def _explicit(requested) -> Decision | None:
+    return None if requested in (None, AUTO) else Decision(requested, "explicit", requested)
 
 
-def cuda_bf16() -> bool:
-    return cuda_available() and torch.cuda.is_bf16_supported()
-
-
-def mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-
-
-def cpu_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 arithmetic in hardware rather than emulated through fp32."""
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FMB_CACHE") or Path.home() / ".cache" / "fmb")
-
-
-def _step_ms(bf16: bool, iters: int = 3) -> float:
-    """Median ms of a small conv net's training step (convs, BN, SiLU, depthwise, like a V2 stage)."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 32, 3, 2, 1), torch.nn.BatchNorm2d(32), torch.nn.SiLU(),
-        torch.nn.Conv2d(32, 64, 3, 1, 1), torch.nn.BatchNorm2d(64), torch.nn.SiLU(),
-        torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.BatchNorm2d(64), torch.nn.SiLU(),
-        torch.nn.Conv2d(64, 64, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    x = torch.randn(16, 3, 64, 64).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (16,))
-    times = []
-    for i in range(iters + 1):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        if i:  # the first call builds kernels
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
-
-
-def cpu_bf16_faster() -> tuple[bool, str]:
-    """Whether bf16 autocast trains faster than fp32 on this CPU, and why (cached)."""
-    if not cpu_native_bf16():
-        return False, "CPU has no native bf16 (no AVX512-BF16/AMX): emulated bf16 is slower than fp32"
-    key = f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
-    path = cache_dir() / "cpu_bf16.json"
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        fp32, bf16 = [], []
-        for _ in range(2):  # alternate, so load on a shared machine hits both
-            fp32.append(_step_ms(False))
-            bf16.append(_step_ms(True))
-        cache[key] = {"fp32_ms": round(min(fp32), 2), "bf16_ms": round(min(bf16), 2)}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home only costs the measurement next time
-    m = cache[key]
-    faster = m["bf16_ms"] < 0.9 * m["fp32_ms"]  # a clear win only: bf16 also costs a little accuracy
-    return faster, f"native bf16; measured step bf16 {m['bf16_ms']} ms vs fp32 {m['fp32_ms']} ms"
-
-
-# --- decisions --------------------------------------------------------------------------
-def accelerator(requested) -> Decision:
-    if requested not in (None, AUTO):
-        return Decision(requested, "explicit", requested)
-    if cuda_available():
+def accelerator(requested, machine: Machine) -> Decision:
+    if _explicit(requested):
+        return _explicit(requested)
+    if machine.cuda:
         return Decision("cuda", "CUDA GPU found")
-    if mps_available():
+    if machine.mps:
         return Decision("mps", "Apple GPU found")
     return Decision("cpu", "no GPU found")
 
 
-def device_type(accel) -> str:
-    from fmb.training.distributed import _resolve_accelerator
-    return _resolve_accelerator(accel)
+def device_type(accel, machine: Machine | None = None) -> str:
+    if machine is not None and str(accel).lower() in ("auto", "gpu"):
+        return "cuda" if machine.cuda else "mps" if machine.mps else "cpu"
+    return accelerator_type(accel)
 
 
-def precision(requested, device: str) -> Decision:
-    if requested not in (None, AUTO):
-        return Decision(requested, "explicit", requested)
+def precision(requested, device: str, machine: Machine, measure: Callable[[], dict] | None = None) -> Decision:
+    """`measure()` → {"fp32_ms": .., "bf16_ms": ..} of this model's training step (CPU with native bf16 only)."""
+    if _explicit(requested):
+        return _explicit(requested)
     if device == "cuda":
-        if cuda_bf16():
+        if machine.cuda_bf16:
             return Decision("bf16-mixed", "CUDA GPU with bf16")
         return Decision("16-mixed", "CUDA GPU without bf16: fp16 autocast with grad scaling")
-    if device == "cpu":
-        faster, why = cpu_bf16_faster()
-        return Decision("bf16-mixed" if faster else "32-true", why)
-    return Decision("32-true", f"{device}: fp32")
+    if device != "cpu":
+        return Decision("32-true", f"{device}: fp32")
+    if not machine.cpu_native_bf16:
+        return Decision("32-true", "CPU has no native bf16 (no AVX512-BF16/AMX): emulated bf16 is slower than fp32")
+    if measure is None:
+        return Decision("32-true", "native bf16, but this model's step was not measured: fp32")
+    m = measure()
+    faster = m["bf16_ms"] < BF16_CLEAR_WIN * m["fp32_ms"]
+    return Decision("bf16-mixed" if faster else "32-true",
+                    f"native bf16; this model's training step measured bf16 {m['bf16_ms']} ms vs fp32 {m['fp32_ms']} ms")
 
 
 def channels_last(requested, device: str, prec: str) -> Decision:
@@ -175,8 +109,7 @@ def channels_last(requested, device: str, prec: str) -> Decision:
 
 
 def compile_(requested, device: str, progressive: bool, train_steps: int | None) -> Decision:
-    """`train_steps`: optimizer steps the run will take (None: not known, e.g. a stream or a
-    module built outside `fmb train`)."""
+    """`train_steps`: optimizer steps the run will take (None: not known, e.g. a stream)."""
     if requested != AUTO:
         return Decision(bool(requested), "explicit", requested)
     if device != "cuda":
@@ -203,46 +136,39 @@ def planned_steps(train_images: int | None, global_batch: int, accumulate: int, 
     return by_epochs
 
 
-def cpu_load() -> float:
-    """Runnable processes averaged over the last minute (other jobs on a shared machine)."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return 0.0
-
-
-def threads(device: str, devices) -> Decision:
-    """torch's intra-op threads on CPU: the cores other processes leave free.
-
-    OpenMP's parallel regions wait at a barrier for every thread; when another process holds
-    one of the cores, each of the thousands of small ops in a step waits for a scheduler slice.
-    On the shared 2-core machine this project is measured on, one thread trained V2-S 2-7x
-    faster than two while other jobs ran (README, Benchmarks). OMP_NUM_THREADS set by the
-    user wins.
-    """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return Decision(torch.get_num_threads(), "OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
-    if not follows_load(device, devices):
-        return Decision(torch.get_num_threads(), f"{device} with devices={devices}: torch's default")
-    cores, busy = cpu_cores(), others_busy_cores()
-    if busy is None:  # no /proc: the 1-minute load average, which counts fmb's own startup as ~0.5
-        busy = cpu_load() - 0.5
-    free = free_cores(cores, busy)
-    return Decision(free, f"{cores} cores, {max(0.0, busy):.1f} busy with other processes: {free} free")
-
-
-def follows_load(device: str, devices) -> bool:
-    """Whether torch's threads are fmb's to choose from the load (one CPU process, no OMP_NUM_THREADS);
-    then `FollowLoad` also re-decides them at each epoch."""
-    return not os.environ.get("OMP_NUM_THREADS") and device == "cpu" and devices in (1, "1", None, AUTO)
-
-
 def free_cores(cores: int, others: float) -> int:
     """Cores left when other processes keep `others` of them busy (at least one)."""
     return max(1, min(cores, round(cores - max(0.0, others))))
 
 
-def _local_devices(device: str, devices) -> int:
+def follows_load(requested, device: str, devices) -> bool:
+    """Whether torch's threads follow other processes' load (opt-in; one CPU process only)."""
+    return requested == FOLLOW_LOAD and owns_threads(device, devices)
+
+
+def owns_threads(device: str, devices) -> bool:
+    """Whether torch's threads are fmb's to choose: one CPU process, no OMP_NUM_THREADS."""
+    return not os.environ.get("OMP_NUM_THREADS") and device == "cpu" and devices in (1, "1", None, AUTO)
+
+
+def threads(requested, device: str, devices, machine: Machine) -> Decision:
+    if os.environ.get("OMP_NUM_THREADS"):
+        return Decision(torch.get_num_threads(), "OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    if requested not in (AUTO, FOLLOW_LOAD):
+        return Decision(int(requested), "explicit", requested)
+    if not owns_threads(device, devices):
+        return Decision(torch.get_num_threads(), f"{device} with devices={devices}: torch's default", requested)
+    if requested == AUTO:
+        return Decision(machine.cores, f"{machine.cores} cores, whatever else runs (same seed, same numbers)")
+    busy = machine.busy_cores()
+    if busy is None:  # no /proc: the 1-minute load average, which counts fmb's own startup as ~0.5
+        busy = machine.load_average() - 0.5
+    free = free_cores(machine.cores, busy)
+    return Decision(free, f"follow_load: {machine.cores} cores, {max(0.0, busy):.1f} busy with other "
+                          f"processes: {free} free", requested)
+
+
+def _local_devices(device: str, devices, machine: Machine) -> int:
     """Training processes on this machine (what `trainer.devices` asks for)."""
     if device != "cuda":
         return 1
@@ -251,63 +177,87 @@ def _local_devices(device: str, devices) -> int:
     if isinstance(devices, str) and "," in devices:
         return len([d for d in devices.split(",") if d.strip()])
     if devices in (None, AUTO, -1, "-1"):
-        return max(1, torch.cuda.device_count())
+        return max(1, machine.cuda_count)
     return max(1, int(devices))
 
 
-def loader_workers(requested, device: str, devices) -> Decision:
+def loader_workers(requested, device: str, devices, machine: Machine) -> Decision:
     if requested != AUTO:
         return Decision(requested, "explicit", requested)
-    workers, why = auto_workers(device == "cuda", _local_devices(device, devices), cores=cpu_cores())
+    workers, why = auto_workers(device == "cuda", _local_devices(device, devices, machine), cores=machine.cores)
     return Decision(workers, why)
 
 
-def decide(cfg) -> dict[str, Decision]:
-    """{key: Decision} for the run config `cfg` on this machine; `model.compile` is decided
-    once the run's length is known (`compile_`)."""
+@dataclass
+class Plan:
+    """Every auto value of a run, decided together; `apply` gives the config that runs."""
+    decisions: dict[str, Decision]
+    follow_load: bool = False  # threads re-decided from the load at each epoch (`FollowLoad`)
+    image_sizes: tuple[int, int] | None = None  # (train, eval) as the data resolved them
+
+    @property
+    def device(self) -> str:
+        return accelerator_type(self.decisions["trainer.accelerator"].value)
+
+    def apply(self, cfg):
+        """A copy of `cfg` holding the decided values (config.yaml saves what ran; the asked-for
+        config is left as it was); torch's threads are set for this process."""
+        cfg = copy.deepcopy(cfg)
+        if self.image_sizes is not None:
+            cfg.data.image_size, cfg.data.eval_image_size = self.image_sizes
+        for key, decision in self.decisions.items():
+            section, name = key.split(".")
+            if section == "torch":
+                torch.set_num_threads(int(decision.value))
+            elif section == "trainer":
+                if name in cfg.trainer or decision.requested == AUTO:
+                    cfg.trainer[name] = decision.value
+            else:
+                setattr(getattr(cfg, section), name, decision.value)
+        return cfg
+
+    def record(self) -> dict:
+        """summary.json's `auto`: {key: {value, requested, reason}}."""
+        return {key: asdict(d) for key, d in self.decisions.items()}
+
+    def describe(self) -> str:
+        return "  auto: " + "; ".join(d.line(k) for k, d in self.decisions.items())
+
+
+def resolve(cfg, machine: Machine, data=None, *, world_size: int = 1,
+            measure_precision: Callable[[], dict] | None = None, resumed: bool = False) -> Plan:
+    """The plan for `cfg` on `machine`. `data` (a set-up ImageDataModule, or None) gives the
+    image sizes and the training set's size (None for a stream), which with `world_size` sizes
+    the run for the compile decision."""
     trainer = cfg.trainer
-    accel = accelerator(trainer.get("accelerator", AUTO))
-    device = device_type(accel.value)
-    prec = precision(trainer.get("precision", AUTO), device)
-    return {
+    train_images = data.split_sizes()["train"] if data is not None else None
+    accel = accelerator(trainer.get("accelerator", AUTO), machine)
+    device = device_type(accel.value, machine)
+    prec = precision(trainer.get("precision", AUTO), device, machine, measure_precision)
+    accumulate = int(trainer.get("accumulate_grad_batches", 1) or 1)
+    steps = planned_steps(train_images, cfg.data.batch_size * world_size * accumulate, accumulate, trainer)
+    decisions = {
         "trainer.accelerator": accel,
         "trainer.precision": prec,
         "model.channels_last": channels_last(cfg.model.channels_last, device, str(prec.value)),
-        "data.num_workers": loader_workers(cfg.data.num_workers, device, trainer.get("devices", AUTO)),
-        "torch.threads": threads(device, trainer.get("devices", 1)),
+        "model.compile": compile_(cfg.model.compile, device, bool(cfg.progressive.enabled), steps),
+        "data.num_workers": loader_workers(cfg.data.num_workers, device, trainer.get("devices", AUTO), machine),
+        "torch.threads": threads(cfg.run.threads, device, trainer.get("devices", 1), machine),
     }
+    if resumed:  # a resume runs on the machine it finds: its auto values are this machine's
+        for decision in decisions.values():
+            if decision.requested in (AUTO, FOLLOW_LOAD):
+                decision.reason = f"decided afresh on resume: {decision.reason}"
+    sizes = (data.image_size, data.eval_image_size) if data is not None else None
+    return Plan(decisions, follows_load(cfg.run.threads, device, trainer.get("devices", 1)), sizes)
 
 
-def model_settings(cfg) -> tuple[bool, bool]:
-    """(channels_last, compile) for the model section: resolved values pass through; `auto`
-    is decided for the accelerator the config names (a module built outside `fmb train`)."""
+def model_settings(cfg, machine: Machine) -> tuple[bool, bool]:
+    """(channels_last, compile) for a module built outside `fmb train`: resolved values pass
+    through; `auto` is decided for the accelerator the config names."""
     if cfg.model.channels_last != AUTO and cfg.model.compile != AUTO:
         return bool(cfg.model.channels_last), bool(cfg.model.compile)
-    device = device_type(accelerator(cfg.trainer.get("accelerator", AUTO)).value)
+    device = device_type(accelerator(cfg.trainer.get("accelerator", AUTO), machine).value, machine)
     compiled = compile_(cfg.model.compile, device, bool(cfg.progressive.enabled), None).value
-    if cfg.model.channels_last != AUTO:
-        return bool(cfg.model.channels_last), compiled
-    return decide(cfg)["model.channels_last"].value, compiled
-
-
-def apply(cfg, decisions: dict[str, Decision]) -> None:
-    """Write the decided values into the config, so config.yaml holds what ran."""
-    for key, decision in decisions.items():
-        section, name = key.split(".")
-        if section == "torch":
-            torch.set_num_threads(int(decision.value))
-        elif section == "trainer":
-            if name in cfg.trainer or decision.requested == AUTO:
-                cfg.trainer[name] = decision.value
-        else:
-            setattr(getattr(cfg, section), name, decision.value)
-
-
-def record(decisions: dict[str, Decision]) -> dict:
-    """summary.json's `auto`: {key: {value, requested, reason}}."""
-    return {key: asdict(d) for key, d in decisions.items()}
-
-
-def describe(decisions: dict[str, Decision]) -> str:
-    return "  auto: " + "; ".join(d.line(k) for k, d in decisions.items())
-
+    prec = precision(cfg.trainer.get("precision", AUTO), device, machine).value
+    return channels_last(cfg.model.channels_last, device, str(prec)).value, compiled

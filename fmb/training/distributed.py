@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fmb.device import accelerator_type
 from fmb.errors import FmbError
 from fmb.utils import cpu_cores
 
@@ -26,17 +27,6 @@ class DevicePlan:
     @property
     def world_size(self) -> int | None:
         return None if self.devices is None else self.devices * self.num_nodes
-
-
-def _resolve_accelerator(name) -> str:
-    name = str(name).lower()
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if name == "gpu":
-        return "mps" if mps and not cuda else "cuda"
-    return name
 
 
 def available_devices(accelerator: str) -> int | None:
@@ -64,7 +54,7 @@ def _device_ids(devices) -> list[int] | None:
 
 def plan_devices(trainer_cfg, sync_bn: bool | None = None) -> DevicePlan:
     """Accelerator and devices per node the trainer settings ask for, checked against this machine."""
-    accelerator = _resolve_accelerator(trainer_cfg.get("accelerator", "auto"))
+    accelerator = accelerator_type(trainer_cfg.get("accelerator", "auto"))
     devices = trainer_cfg.get("devices", "auto")
     nodes = trainer_cfg.get("num_nodes", 1)
     if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:

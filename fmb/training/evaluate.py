@@ -65,7 +65,7 @@ def restore_module(ckpt: dict, *, ema: bool = True) -> ImageClassifier:
 
 def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list[str] | None = None,
              resolution: int | None = None, ema: bool = True, batch_size: int | None = None,
-             device: str = "auto", precision: str = "fp32", num_workers: int | None = None,
+             device: str = "auto", precision: str | None = None, num_workers: int | None = None,
              devices: int = 1) -> dict:
     """Evaluate on the run's own data (or with `data_overrides`, `key=value` items of data.*)
     through Lightning's `validate`/`test`: exact counts, no padding, on one device or, with
@@ -75,19 +75,21 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
     `split` is `val` (the run's validation split, carved or named), `test`, or any split name
     of the source (e.g. `train`). A split the source lacks is an error listing those it has —
     never a silent fall-back to another split. `device` is auto|cpu|cuda[:N]|mps; `precision`
-    fp32|bf16|fp16 (autocast). The result names the split, image count, checkpoint and
-    weights (`weights`: "ema" or "raw")."""
+    fp32|bf16|fp16 (autocast), or None / "run" for the precision the run trained in. The
+    result names the split, image count, checkpoint and weights (`weights`: "ema" or "raw")."""
     import os
 
-    from fmb.inference.device import check_precision, resolve_device
+    from fmb.inference.device import check_devices, check_precision, resolve_device, run_precision
 
     target = resolve_device(device)
-    precision = check_precision(precision, target)
+    if precision not in (None, "run"):  # None / "run": the precision the checkpoint trained in
+        precision = check_precision(precision, target)
     if batch_size is not None and batch_size < 1:
         raise FmbError(f"--batch-size {batch_size}; expected 1 or more")
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise FmbError(f"--devices {devices}; expected a whole number of devices, 1 or more")
+    check_devices(devices, target)
     ckpt = load_checkpoint(checkpoint)
+    if precision in (None, "run"):
+        precision = run_precision(ckpt["hyper_parameters"], target)[0]
     module = restore_module(ckpt, ema=ema)
     hp = ckpt["hyper_parameters"]
     overrides = [f"data.{item.removeprefix('data.')}" for item in data_overrides or []]
@@ -118,7 +120,7 @@ def evaluate(checkpoint: str | Path, *, split: str = "val", data_overrides: list
         raise FmbError(f"data.source '{cfg.data.source}' has no {role} split; its splits are "
                        f"{', '.join(available or [])}; expected --split with one of them (or val), or "
                        f"--data test_split=NAME")
-    split_name = datamodule._splits[role][1] if datamodule._splits else role
+    split_name = datamodule.splits[role].name if datamodule.splits and role in datamodule.splits else role
     if role == "val" and split_name == cfg.data.train_split and cfg.data.val_split is None:
         split_name = f"{split_name} (held-out {cfg.data.val_fraction:g} for validation)"
     scorer = _Scorer(module, num_classes)

@@ -1,297 +1,205 @@
-"""Where a run lives, and the run directory as a transaction (reading checkpoints: checkpoints.py).
+"""The run directory as one object: claimed, locked, snapshotted, committed, finished.
 
-A run directory is decided once and is the same on every rank; rank 0 holds an exclusive
-lock on it for the run's life; checkpoints are written atomically; a resume that fails
-before its first new checkpoint puts the run's files back as they were; a run that died
-before any checkpoint starts again in place; resuming from an older checkpoint branches.
+`with RunDir.claim(cfg, resume) as run:` decides where the run lives and where it starts from,
+and holds the directory for the run's life:
+- a fresh run never mixes with a run that has checkpoints; it starts again in place where an
+  earlier attempt died before its first checkpoint, and a SLURM job requeued after
+  preemption resumes its run;
+- `--resume` of an older checkpoint continues in a branch, leaving the run as it was;
+- a resume is a transaction: until its first new checkpoint (`commit`) the run's files are
+  the old run's, and a resume that fails before then puts them back exactly;
+- rank 0 decides and locks; the other ranks learn its choice through two environment
+  variables (the rank channel), written here and nowhere else.
+The files it works with are in run_files.py.
 """
 from __future__ import annotations
 
-import csv
-import fcntl
-import io
+import contextlib
 import json
 import os
-import shutil
-import time
+import traceback
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities import rank_zero_only
 
-from fmb.errors import FmbError, describe_os_error, write_error
-from fmb.utils import writable_folder
-
-RUN_DIR_ENV = "FMB_RUN_DIR"
-RESUME_ENV = "FMB_RESUME_CKPT"  # rank 0's checkpoint choice, for the ranks Lightning starts
-
-
-def _started_by_lightning() -> bool:
-    """A rank > 0 that Lightning's launcher started: it sets LOCAL_RANK (torchrun does too,
-    with its run id; SLURM sets SLURM_LOCALID instead). Not RANK/SLURM_PROCID: a child of a
-    single-task SLURM job inherits SLURM_PROCID=0."""
-    local = os.environ.get("LOCAL_RANK", "")
-    return local.isdigit() and int(local) > 0 and "TORCHELASTIC_RUN_ID" not in os.environ
+from fmb.config import to_yaml
+from fmb.errors import FmbError, write_error
+from fmb.training.checkpoints import checkpoint_step, read_checkpoint_file, resume_epoch
+from fmb.training.run_files import (
+    RESUME_ENV, RUN_DIR_ENV, RunLock, RunSnapshot, _started_by_lightning, branch_dir, decide_run_dir, holds_run,
+    read_summary, resume_point, run_checkpoints, set_aside_failed_attempt, slurm_requeued, start_branch, trim_metrics,
+)
+from fmb.utils import atomic_path, atomic_write_text
 
 
-def decide_run_dir(explicit: str | None, name: str, root: str = "runs") -> Path:
-    """`run.dir`, or runs/<name>/<id> where every rank must arrive at the same <id>.
+class RunDir:
+    """Where this process trains, and how it got there (see the module docstring)."""
 
-    Lightning re-launches the command for ranks > 0 with our environment, so rank 0's
-    choice travels in FMB_RUN_DIR. torchrun and SLURM start ranks independently: their
-    shared run/job id names the directory instead of a clock that can differ by a second.
-    Rank 0 always decides afresh: a FMB_RUN_DIR left by an earlier run in this process (a
-    notebook) or inherited from a parent process must not send a new run into an old dir.
-    """
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    if os.environ.get(RUN_DIR_ENV) and _started_by_lightning():
-        return Path(os.environ[RUN_DIR_ENV])
-    run_id = None
-    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        run_id = f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
-    elif os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        run_id = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
-    path = Path(root) / name / (run_id or time.strftime("%Y%m%d-%H%M%S"))
-    if run_id is None:
-        suffix = 1
-        while path.exists():  # two runs started in the same second get their own dirs
-            path = path.with_name(f"{path.name.split('.')[0]}.{suffix}")
-            suffix += 1
-    path = path.resolve()
-    os.environ[RUN_DIR_ENV] = str(path)
-    return path
+    def __init__(self, path: Path, ckpt: Path | None = None, lock: RunLock | None = None,
+                 snapshot: RunSnapshot | None = None, note: str | None = None):
+        self.path, self.ckpt, self.lock, self.snapshot, self.note = Path(path), ckpt, lock, snapshot, note
+        # A fresh run (or a branch) owns its files from the start; a resume from its first checkpoint.
+        self.committed = snapshot is None
+        self.cfg = None  # the config that runs, written as config.yaml once the run owns its files
 
+    @property
+    def owner(self) -> bool:
+        """This process claimed the directory (rank 0): it writes the run's files."""
+        return self.lock is not None
 
-def resume_point(path: Path) -> tuple[Path, Path]:
-    """(run dir, checkpoint) for `--resume PATH`: a run directory (its last.ckpt) or a .ckpt in
-    a run's checkpoints/ directory (e.g. the best one)."""
-    path = Path(path).expanduser().resolve()
-    if path.is_file() and path.suffix == ".ckpt":
-        run_dir = path.parent.parent
-        if not (run_dir / "config.yaml").is_file():
-            raise FmbError(f"cannot resume from {path}: expected it in <run dir>/checkpoints/ next to the "
-                           "run's config.yaml (a checkpoint written by fmb train)")
-        return run_dir, path
-    if not path.is_dir():
-        raise FmbError(f"cannot resume: {path} does not exist; expected a run directory made by fmb train "
-                       "or a .ckpt inside one")
-    ckpt = path / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise FmbError(f"cannot resume {path}: no checkpoints/last.ckpt there (the run stopped before "
-                       f"its first checkpoint); start it again in place: {restart_command(path)}")
-    return path, ckpt
-
-
-def restart_command(run_dir: Path) -> str:
-    return f"fmb train -c {run_dir / 'config.yaml'} run.dir={run_dir}"
-
-
-# ---- the run directory's lock and its state ------------------------------------------------
-
-LOCK_NAME = ".fmb.lock"
-FAILED_ATTEMPTS = "failed-attempts"
-RUN_FILES = ("config.yaml", "summary.json", "metrics.csv", "hparams.yaml", "error.log", "tensorboard")
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """run.dir must be (or become) a writable directory: said before any work."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FmbError(f"run.dir {run_dir} is an existing file; expected a directory (choose another run.dir)")
-    folder, problem = writable_folder(run_dir)
-    if problem == "file":
-        raise FmbError(f"run.dir {run_dir}: {folder} is a file, not a folder; choose another run.dir")
-    if problem == "read-only":
-        raise FmbError(f"run.dir {run_dir} is not writable ({folder} is read-only or not yours); "
-                       "choose another run.dir")
-
-
-class RunLock:
-    """An exclusive flock on <run dir>/.fmb.lock for the run's life: a second process that
-    wants the same directory is refused at once. The kernel drops it when the process dies,
-    so a killed run never leaves a stale lock."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir, self._fd, self._created = Path(run_dir), None, False
-
-    def acquire(self) -> RunLock:
-        check_run_dir(self.run_dir)
-        self._created = not self.run_dir.exists()
+    # ---- claiming ------------------------------------------------------------------------
+    @classmethod
+    @contextlib.contextmanager
+    def claim(cls, cfg, resume=None):
+        run = cls._decide(cfg, resume)
+        os.environ[RUN_DIR_ENV] = str(run.path)  # the rank channel: ranks Lightning starts follow rank 0
+        os.environ[RESUME_ENV] = str(run.ckpt or "")
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise FmbError(f"cannot create run dir {self.run_dir}: {describe_os_error(exc)}; "
-                           "choose another run.dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise FmbError(f"run dir {self.run_dir} is in use by another fmb process (it holds "
-                           f"{self.run_dir / LOCK_NAME}); wait for it to end or choose another run.dir") from None
-        self._fd = fd
-        return self
+            yield run
+        except BaseException:
+            if run.owner and not run.committed:
+                run.snapshot.restore()  # a resume that failed before its first checkpoint changes nothing
+            raise
+        finally:
+            if run.lock is not None:
+                run.lock.release()
 
-    def release(self) -> None:
-        if self._fd is None:
+    @classmethod
+    def _decide(cls, cfg, resume) -> RunDir:
+        if rank_zero_only.rank != 0 and _started_by_lightning():
+            ckpt = os.environ.get(RESUME_ENV)  # rank 0 decided and claimed; follow it
+            return cls(Path(os.environ[RUN_DIR_ENV]), Path(ckpt) if ckpt else None)
+        if rank_zero_only.rank != 0:  # ranks > 0 started by torchrun or SLURM: the same choice as rank 0
+            if resume is not None:
+                return cls(*resume_point(Path(resume)))
+            return cls(decide_run_dir(cfg.run.dir, _run_name(cfg)))
+        return cls._resume(cfg, Path(resume)) if resume is not None else cls._fresh(cfg)
+
+    @classmethod
+    def _resume(cls, cfg, resume: Path) -> RunDir:
+        run_dir, ckpt = resume_point(resume)
+        state = read_checkpoint_file(ckpt, mmap=True)
+        _check_epochs_left(state, cfg.trainer.get("max_epochs"))
+        epoch, step = resume_epoch(state), int(state.get("global_step", 0))
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if ckpt != last and last.is_file() and checkpoint_step(last) > step:
+            # An older checkpoint: the run's newer files stay as they are; continue in a branch.
+            branch = branch_dir(run_dir, ckpt)
+            lock = RunLock(branch).acquire()
+            try:
+                copied = start_branch(run_dir, ckpt, branch, epoch, step)
+            except OSError as exc:
+                lock.release()
+                raise write_error(branch, exc) from None
+            return cls(branch, copied, lock, note=f"{ckpt.name} is older than last.ckpt: continuing from it in a "
+                                                  f"new run dir {branch}; {run_dir} is left as it was")
+        lock = RunLock(run_dir).acquire()
+        snapshot = RunSnapshot(run_dir)
+        trim_metrics(run_dir / "metrics.csv", epoch, step)
+        return cls(run_dir, ckpt, lock, snapshot)
+
+    @classmethod
+    def _fresh(cls, cfg) -> RunDir:
+        name = _run_name(cfg)
+        requeued = None if cfg.run.dir else _requeued_run(Path("runs") / name)
+        run_dir = requeued or decide_run_dir(cfg.run.dir, name)
+        lock = RunLock(run_dir).acquire()
+        try:
+            return cls._in_place(run_dir, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _in_place(cls, run_dir: Path, lock: RunLock) -> RunDir:
+        if not holds_run(run_dir):
+            return cls(run_dir, None, lock)
+        summary = read_summary(run_dir)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if slurm_requeued(summary) and last.is_file():
+            state = read_checkpoint_file(last, mmap=True)
+            snapshot = RunSnapshot(run_dir)
+            trim_metrics(run_dir / "metrics.csv", resume_epoch(state), int(state.get("global_step", 0)))
+            return cls(run_dir, last, lock, snapshot,
+                       f"SLURM job {summary['slurm_job_id']} was requeued after preemption: resuming {run_dir}")
+        if not run_checkpoints(run_dir):
+            moved = set_aside_failed_attempt(run_dir)
+            return cls(run_dir, None, lock, None, f"{run_dir} held an attempt that ended before its first checkpoint "
+                                                  f"({summary.get('status', 'killed')}); starting again in place "
+                                                  f"(its files: {moved})")
+        raise FmbError(f"run dir {run_dir} already holds a run; continue it with --resume {run_dir} "
+                       "or choose another run.dir")
+
+    # ---- the run's life ------------------------------------------------------------------
+    def start(self, cfg) -> None:
+        """The config that runs; a run that owns its files writes it now, a resume at its first checkpoint."""
+        self.cfg = cfg
+        if self.owner and self.committed:
+            atomic_write_text(self.path / "config.yaml", to_yaml(cfg))
+
+    def commit(self, _checkpoint_path=None) -> None:
+        """A checkpoint is in place: from now on the run's files are this attempt's."""
+        if not self.committed and self.owner and self.cfg is not None:
+            atomic_write_text(self.path / "config.yaml", to_yaml(self.cfg))
+        self.committed = True
+
+    def write_error_log(self) -> None:
+        """The failed run's full traceback, next to its files (the terminal gets one line)."""
+        if not self.owner:
             return
-        if self._created and {p.name for p in self.run_dir.iterdir()} == {LOCK_NAME}:
-            # nothing but the lock: a run refused before it began leaves no empty directory behind
-            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
-            self.run_dir.rmdir()
-        os.close(self._fd)
-        self._fd = None
-
-
-def read_summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
-
-
-def holds_run(run_dir: Path) -> bool:
-    return (run_dir / "config.yaml").exists() or bool(run_checkpoints(run_dir))
-
-
-def set_aside_failed_attempt(run_dir: Path) -> Path:
-    """Move the files of an attempt that died before its first checkpoint into
-    failed-attempts/<time>/, so the run starts again in place and nothing is deleted."""
-    target = run_dir / FAILED_ATTEMPTS / time.strftime("%Y%m%d-%H%M%S")
-    suffix = 1
-    while target.exists():
-        target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
-        suffix += 1
-    target.mkdir(parents=True)
-    for name in RUN_FILES:
-        if (run_dir / name).exists():
-            os.replace(run_dir / name, target / name)
-    return target
-
-
-def slurm_requeued(summary: dict) -> bool:
-    """This process is the requeued SLURM job whose earlier attempt was preempted in this run."""
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    return summary.get("status") == "preempted" and bool(job) and summary.get("slurm_job_id") == job
-
-
-def branch_dir(run_dir: Path, ckpt: Path) -> Path:
-    """A sibling directory for a run continued from an older checkpoint."""
-    path = run_dir.with_name(f"{run_dir.name}-from-{ckpt.stem}")
-    suffix = 1
-    while path.exists():
-        path = run_dir.with_name(f"{run_dir.name}-from-{ckpt.stem}.{suffix}")
-        suffix += 1
-    return path
-
-
-def start_branch(run_dir: Path, ckpt: Path, branch: Path, first_epoch: int, first_step: int) -> Path:
-    """Copy the run's config, its metrics before `first_epoch` and the checkpoint into
-    `branch` (already locked); the original run is only read. Returns the copied checkpoint."""
-    (branch / "checkpoints").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run_dir / "config.yaml", branch / "config.yaml")
-    if (run_dir / "metrics.csv").is_file():
-        shutil.copy2(run_dir / "metrics.csv", branch / "metrics.csv")
-        trim_metrics(branch / "metrics.csv", first_epoch, first_step)
-    target = branch / "checkpoints" / ckpt.name
-    shutil.copy2(ckpt, target)
-    return target
-
-
-def trim_metrics(path: Path, first_epoch: int, first_step: int) -> None:
-    """Drop the rows of epochs a resumed run will train again (an epoch cut short by a kill,
-    or the epochs after an older checkpoint), so metrics.csv never holds an epoch twice;
-    rows without an epoch (learning rates) go by their step."""
-    from fmb.utils import atomic_write_text
-
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or "epoch" not in rows[0]:
-        return
-    epoch, step = rows[0].index("epoch"), rows[0].index("step") if "step" in rows[0] else None
-
-    def number(row, column):
         try:
-            return float(row[column])
-        except (IndexError, TypeError, ValueError):
-            return None
+            atomic_write_text(self.path / "error.log", traceback.format_exc())
+        except FmbError:
+            pass  # the disk that failed the run may refuse this too; the run's own error says so
 
-    def keep(row):
-        if number(row, epoch) is not None:
-            return number(row, epoch) < first_epoch
-        return step is None or number(row, step) is None or number(row, step) < first_step
-    kept = [rows[0]] + [row for row in rows[1:] if keep(row)]
-    if len(kept) != len(rows):
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(kept)
-        atomic_write_text(path, out.getvalue())
+    def finish(self, summary: dict) -> dict:
+        """Write summary.json (not for a resume that failed before its first checkpoint: the
+        claim puts that run back as it was)."""
+        if self.owner and self.committed:
+            try:
+                atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+            except FmbError:
+                if summary["status"] == "completed":
+                    raise
+                # a failed run whose summary cannot be written (disk full): its own error says more
+        return summary
 
 
-class RunSnapshot:
-    """The run's small files (not its checkpoints) before a resume; put back exactly, and
-    files the attempt added removed, when the resume fails before its first new checkpoint."""
+def _run_name(cfg) -> str:
+    return cfg.run.name or f"{cfg.model.variant}-{Path(str(cfg.data.source)).name or 'data'}"
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.files = {p: p.read_bytes() for p in self._tracked()}
 
-    def _tracked(self) -> list[Path]:
-        return [p for p in self.run_dir.rglob("*") if p.is_file() and p.suffix != ".ckpt"
-                and p.name != LOCK_NAME and FAILED_ATTEMPTS not in p.relative_to(self.run_dir).parts]
+def _requeued_run(root: Path) -> Path | None:
+    """The run of this SLURM job that was preempted, when this process is its requeued job."""
+    if not os.environ.get("SLURM_RESTART_COUNT", "0").strip("0"):
+        return None
+    for summary in sorted(root.glob("*/summary.json")):
+        if slurm_requeued(read_summary(summary.parent)):
+            return summary.parent.resolve()
+    return None
 
-    def restore(self, keep=("error.log",)) -> None:
-        from fmb.utils import atomic_write_bytes
 
-        for path in self._tracked():
-            if path not in self.files and path.name not in keep:
-                path.unlink(missing_ok=True)
-        for path, data in self.files.items():
-            if not path.is_file() or path.read_bytes() != data:
-                atomic_write_bytes(path, data)
+def _check_epochs_left(state: dict, max_epochs) -> None:
+    """Resuming a run that already reached its epochs would only overwrite its summary."""
+    done = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    if done is not None and max_epochs not in (None, -1) and done >= max_epochs:
+        raise FmbError(f"cannot resume: the run already trained {done} of trainer.max_epochs={max_epochs} epochs; "
+                       f"pass trainer.max_epochs={done + 1} or more to train further")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Save to a temp file and rename, so a kill mid-save never leaves a truncated checkpoint;
     a failed save (disk full) leaves no temp file and the previous checkpoint as it was.
-    `after_save` (if set) runs once a checkpoint is in place: the run commits its files then."""
+    `on_saved(path)` runs once a checkpoint is in place (the run commits its files then)."""
 
-    after_save = None
+    def __init__(self, on_saved=None):
+        super().__init__()
+        self.on_saved = on_saved
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(path), errors=(OSError, RuntimeError)) as tmp:  # torch.save: RuntimeError on a full disk
             torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as exc:
-            error = write_error(path, exc)  # before the temp file goes: a full disk is still full now
-            tmp.unlink(missing_ok=True)
-            raise error from None
-        if self.after_save is not None:
-            self.after_save(path)
-
-
-class Preemption(Callback):
-    """SIGTERM (SLURM's preemption and time-limit signal) makes Lightning stop its loops with
-    SIGTERMException; this saves the current state as last.ckpt before the run ends, so the
-    run (or SLURM's requeued job) resumes from the step it reached."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "checkpoints" / "last.ckpt"
-        self.saved = False
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        # Lightning raises SIGTERMException at its next check; a signal that lands inside other
-        # code (torch.compile's worker pool, a DataLoader worker) can surface as another error.
-        if (isinstance(exception, SIGTERMException) or trainer.received_sigterm) and trainer.state.fn == "fit":
-            trainer.save_checkpoint(self.path)
-            self.saved = True
+        if self.on_saved is not None:
+            self.on_saved(Path(path))

@@ -18,7 +18,8 @@ def _metric(trainer, key):
     return None if value is None else float(value)
 
 
-def summarize(trainer, module, cfg, run_dir, status, error, started, global_batch, datamodule) -> dict:
+def summarize(trainer, module, cfg, run_dir, status, error, started, global_batch, datamodule, auto=None) -> dict:
+    """summary.json of a run; `auto` is the run plan's record (each auto setting: value, what was asked, why)."""
     ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None
     rates = module.images_per_sec
@@ -53,11 +54,15 @@ def summarize(trainer, module, cfg, run_dir, status, error, started, global_batc
         "skipped_images": datamodule.skipped_images,
         "seed": cfg.run.seed,
         "slurm_job_id": slurm_job(),
-        "auto": getattr(trainer, "fmb_auto", None),  # each auto setting: value, what was asked, why
+        "auto": auto,
     }
 
 
 def next_step_hint(summary: dict) -> str:
+    """The commands to run next, each quoted for a POSIX shell so a path with spaces or
+    quotes pastes as one argument."""
+    from shlex import quote
+
     ckpt = summary.get("best_checkpoint") or summary.get("last_checkpoint")
-    return (f"next: fmb eval {ckpt}   |   fmb ablate -c configs/ablate/digits_quick.yaml   |   "
-            f"fmb profile --variant {summary['variant']} --compare-blocks")
+    return (f"next: fmb eval {quote(str(ckpt))}   |   fmb ablate -c configs/ablate/digits_quick.yaml   |   "
+            f"fmb profile --variant {quote(str(summary['variant']))} --compare-blocks")
