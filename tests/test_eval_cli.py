@@ -106,3 +106,36 @@ def test_eval_over_two_processes_counts_every_image_once(tiny_checkpoint, tmp_pa
     assert both["confusion_matrix"] == one["confusion_matrix"]
     assert both["top1"] == pytest.approx(one["top1"]) and both["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert [c["support"] for c in both["per_class"]] == [c["support"] for c in one["per_class"]]
+
+
+def test_eval_precision_defaults_to_the_runs(tiny_checkpoint, tmp_path):
+    """No --precision: the precision the run trained in (a bf16 run is scored in bf16, as its
+    logged top-1 was); fp32 where the device cannot run the run's, and when asked."""
+    from fmb.inference.device import run_precision
+
+    ckpt, _, _ = tiny_checkpoint
+    state = torch.load(ckpt, weights_only=True)
+    assert evaluate(ckpt, device="cpu")["precision"] == "fp32"  # this run trained in 32-true
+    state["hyper_parameters"]["config"]["trainer"]["precision"] = "bf16-mixed"
+    bf16_run = tmp_path / "bf16.ckpt"
+    torch.save(state, bf16_run)
+    assert evaluate(bf16_run, device="cpu")["precision"] == "bf16"
+    assert evaluate(bf16_run, device="cpu", precision="fp32")["precision"] == "fp32"
+    cpu = torch.device("cpu")
+    assert run_precision({"config": {"trainer": {"precision": "16-mixed"}}}, cpu)[0] == "fp32"
+    assert run_precision({"config": {"trainer": {"precision": "auto"}}}, cpu)[0] == "fp32"
+    assert run_precision({"config": {"trainer": {"precision": 32}}}, cpu)[0] == "fp32"
+
+
+def test_devices_beyond_the_machine_and_indexed_cpu_refused_up_front(run_cli, tiny_checkpoint):
+    ckpt, _, _ = tiny_checkpoint
+    cores = len(os.sched_getaffinity(0))
+    many = run_cli("eval", ckpt, "--device", "cpu", "--devices", "1000000")
+    assert many.returncode == 2
+    assert f"--devices 1000000: this machine has {cores} CPU core(s) for CPU processes; expected --devices 1 to " \
+           f"{cores}" in " ".join(many.stderr.split())
+    for device, says in (("cpu:0", "--device cpu:0: only CUDA devices take an index; expected --device cpu"),
+                         ("cuda:zz", "--device cuda:zz: the GPU index must be a whole number")):
+        out = run_cli("eval", ckpt, "--device", device)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

@@ -92,3 +92,74 @@ def test_torch_jit_trace_of_the_model(network):
         traced = torch.jit.trace(network, x)
     assert traced(torch.randn(4, 3, 32, 32)).shape == (4, 3)
     torch.testing.assert_close(traced(x), network(x))
+
+
+def _onnx_metadata(path):
+    import onnx
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, tmp_path):
+    """Class names, sizes, crop, interpolation and mean/std travel inside the file, the same
+    keys as the safetensors header."""
+    from safetensors import safe_open
+
+    from fmb.inference.exported import read_metadata
+
+    ckpt, _, _ = tiny_checkpoint
+    cfg = restore_module(load_checkpoint(ckpt)).cfg
+    metas = {}
+    for fmt in ("onnx", "pt2", "safetensors"):
+        out = tmp_path / f"m.{fmt}"
+        metas[fmt] = export_model(ckpt, format=fmt, output=out)["metadata"]
+        if fmt == "safetensors":
+            with safe_open(str(out), "pt") as f:
+                assert f.metadata() == metas[fmt]
+        else:
+            assert read_metadata(out) == metas[fmt]
+    assert metas["onnx"] == metas["pt2"] == metas["safetensors"]
+    meta = metas["onnx"]
+    assert json.loads(meta["class_names"]) == ["cat", "dog", "owl"] and meta["weights"] == "ema"
+    assert meta["eval_image_size"] == "32" and meta["image_size"] == "32"
+    assert float(meta["crop_ratio"]) == cfg.data.crop_ratio and meta["interpolation"] == cfg.data.interpolation
+    assert json.loads(meta["mean"]) == list(cfg.data.mean) and json.loads(meta["std"]) == list(cfg.data.std)
+    assert _onnx_metadata(tmp_path / "m.onnx") == meta  # plain onnx sees it too (metadata_props)
+
+
+def test_existing_output_is_kept_without_overwrite(run_cli, tiny_checkpoint, tmp_path):
+    ckpt, _, _ = tiny_checkpoint
+    keep = tmp_path / "keep.onnx"
+    keep.write_bytes(b"my earlier export")
+    refused = run_cli("export", ckpt, "-o", keep)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--output " + str(keep) + " already exists; expected --overwrite" in " ".join(refused.stderr.split())
+    assert keep.read_bytes() == b"my earlier export" and sorted(tmp_path.iterdir()) == [keep]
+    replaced = run_cli("export", ckpt, "-o", keep, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert keep.read_bytes() != b"my earlier export" and _onnx_metadata(keep)["format"] == "fmb"
+
+
+def test_opset_is_checked_up_front_and_written_as_asked(run_cli, tiny_checkpoint, tmp_path):
+    import onnx
+
+    ckpt, _, _ = tiny_checkpoint
+    for bad in ("3", "17", "999"):
+        out = run_cli("export", ckpt, "-o", tmp_path / "m.onnx", "--opset", bad)
+        assert out.returncode == 2 and f"--opset {bad}; expected 18 to" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FmbError, match="--opset applies to ONNX"):
+        export_model(ckpt, format="pt2", output=tmp_path / "m.pt2", opset=18)
+    export_model(ckpt, format="onnx", output=tmp_path / "m.onnx", opset=21)
+    versions = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}
+    assert versions[""] == 21
+
+
+def test_output_name_and_size_refused_before_work(tiny_checkpoint, tmp_path):
+    ckpt, _, _ = tiny_checkpoint
+    with pytest.raises(FmbError, match="a file name of 305 bytes; expected at most 230") as info:
+        export_model(ckpt, output=tmp_path / ("n" * 300 + ".onnx"))
+    assert info.value.exit_code == 2
+    with pytest.raises(FmbError, match="activations of one inference batch at --resolution 100000"):
+        export_model(ckpt, output=tmp_path / "m.onnx", resolution=100000)
+    assert list(tmp_path.iterdir()) == []

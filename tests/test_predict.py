@@ -87,3 +87,74 @@ def test_predict_step_in_trainer_predict(tiny_checkpoint):
     probs = torch.cat(batches)
     assert probs.shape == (9, 3)
     torch.testing.assert_close(probs.sum(-1), torch.ones(9))
+
+
+def test_only_unreadable_images_is_an_error(run_cli, tiny_checkpoint, tmp_path):
+    ckpt, _, _ = tiny_checkpoint
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(b"not an image")
+    out = run_cli("predict", ckpt, tmp_path / "a.png", tmp_path / "b.jpg", "--device", "cpu",
+                  "--json", tmp_path / "p.json")
+    assert out.returncode == 2, out.stderr
+    assert "none of the 2 image(s) could be read (first: " in " ".join(out.stderr.split())
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.json").exists()
+
+
+def test_a_size_that_cannot_fit_is_refused_before_any_image(tiny_checkpoint, tmp_path):
+    ckpt, _, images = tiny_checkpoint
+    with pytest.raises(FmbError, match=r"activations of one inference batch at --resolution 100000 with "
+                                       r"--batch-size 32 need about [\d,.]+ GiB, more than the") as info:
+        predict(ckpt, [images], device="cpu", resolution=100000)
+    assert info.value.exit_code == 2
+    with pytest.raises(FmbError, match="--resolution 8; expected 16 px or more"):
+        predict(ckpt, [images], device="cpu", resolution=8)
+
+
+def _probs(result):
+    return {p["input"]: {t["label"]: t["prob"] for t in p["top"]} for p in result.predictions}
+
+
+def test_predict_from_exported_files_uses_their_metadata(tiny_checkpoint, tmp_path):
+    """An .onnx (through onnxruntime) and a .pt2 predict what the checkpoint predicts, with
+    the class names and preprocessing their metadata carries: change the metadata's mean/std
+    and crop, and the predictions follow that preprocessing, not a default."""
+    import onnx
+
+    from fmb.data.transforms import build_eval_transform, decode_image
+    from fmb.inference.export import export_model
+    from fmb.training.evaluate import load_checkpoint, restore_module
+
+    ckpt, _, images = tiny_checkpoint
+    files = [images / "cat" / "0.png", images / "dog" / "1.png", images / "owl" / "2.png"]
+    expected = _probs(predict(ckpt, files, device="cpu"))
+    for fmt in ("onnx", "pt2"):
+        out = tmp_path / f"m.{fmt}"
+        export_model(ckpt, format=fmt, output=out)
+        got = predict(out, files, device="cpu")
+        assert got.weights == "ema" and got.top_k == 3
+        for name, probs in _probs(got).items():
+            assert probs.keys() == expected[name].keys()  # the checkpoint's class names
+            for label, p in probs.items():
+                assert p == pytest.approx(expected[name][label], abs=1e-5)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    changed = {"mean": "[0.5, 0.5, 0.5]", "std": "[0.5, 0.5, 0.5]", "crop_ratio": "0.5", "interpolation": "bilinear"}
+    for prop in model.metadata_props:
+        prop.value = changed.get(prop.key, prop.value)
+    onnx.save(model, str(tmp_path / "changed.onnx"))
+    got = _probs(predict(tmp_path / "changed.onnx", files, device="cpu"))
+    network = restore_module(load_checkpoint(ckpt)).model.eval()
+    transform = build_eval_transform(32, 0.5, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    with torch.inference_mode():
+        probs = network(torch.stack([transform(decode_image(str(f))) for f in files])).softmax(-1)
+    names = ["cat", "dog", "owl"]
+    for f, row in zip(files, probs):
+        for label, p in got[str(f)].items():
+            assert p == pytest.approx(float(row[names.index(label)]), abs=1e-5)
+    assert any(abs(got[str(f)]["cat"] - expected[str(f)]["cat"]) > 1e-4 for f in files)  # it did change
+    with pytest.raises(FmbError, match="--resolution 64: .* was exported for 32 px"):
+        predict(tmp_path / "m.onnx", files, device="cpu", resolution=64)
+    with pytest.raises(FmbError, match="--precision bf16: an ONNX export runs in the precision it was written in"):
+        predict(tmp_path / "m.onnx", files, device="cpu", precision="bf16")
+    (tmp_path / "plain.onnx").write_bytes(b"nope")
+    with pytest.raises(FmbError, match="is not a readable ONNX file"):
+        predict(tmp_path / "plain.onnx", files, device="cpu")

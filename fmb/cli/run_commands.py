@@ -74,7 +74,8 @@ def eval_cmd(
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Eval image size (default: the run's)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the run kept them."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="fp32 | bf16 | fp16 (autocast); default: the run's training precision."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per batch (default: the run's)."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader workers (default: the run's)."),
     devices: int = typer.Option(1, "--devices", help="Devices (DDP processes, through Lightning) sharing the split."),
@@ -91,7 +92,7 @@ def eval_cmd(
     if rank_zero_only.rank != 0:  # with --devices N every rank holds the same result; report once
         return
     table = Table(title=f"{checkpoint} — {result.get('split_name', split)} ({result['examples']} images, "
-                        f"{result['weights']} weights, {result['device']}"
+                        f"{result['weights']} weights, {result['device']} {result['precision']}"
                         f"{' ×' + str(result['devices']) if result['devices'] > 1 else ''})", box=box.SIMPLE_HEAD)
     for col in ("class", "accuracy", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")

@@ -22,10 +22,15 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if ":" in name and kind != "cuda":  # torch takes 'cpu:0', Lightning then refuses it as a device list
+        raise FmbError(f"--device {device}: only CUDA devices take an index; expected --device {kind}")
     if kind == "cuda":
+        index_text = name.split(":", 1)[1] if ":" in name else "0"
+        if not index_text.isdigit():
+            raise FmbError(f"--device {device}: the GPU index must be a whole number; expected e.g. --device cuda:0")
         if not torch.cuda.is_available():
             raise FmbError(f"--device {device}: no CUDA GPU is visible to torch; expected --device cpu or auto")
-        index = int(name.split(":")[1]) if ":" in name else 0
+        index = int(index_text)
         if index >= torch.cuda.device_count():
             raise FmbError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); "
                            f"expected cuda:0..cuda:{torch.cuda.device_count() - 1}")
@@ -49,3 +54,41 @@ def autocast(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_devices(devices, target: torch.device) -> None:
+    """Refuse a process count the machine cannot give before any process starts: one per GPU
+    on CUDA, at most one per usable core on CPU (Lightning would try to start them all)."""
+    import os
+
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise FmbError(f"--devices {devices}; expected a whole number of devices, 1 or more")
+    if target.type == "cuda":
+        have, what = torch.cuda.device_count(), "CUDA GPU(s)"
+    elif target.type == "cpu":
+        have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        what = "CPU core(s) for CPU processes"
+    else:
+        have, what = 1, f"{target.type} device"
+    if devices > have:
+        raise FmbError(f"--devices {devices}: this machine has {have} {what}; expected --devices 1 to {have}")
+
+
+RUN_PRECISIONS = {"32": "fp32", "32-true": "fp32", "bf16": "bf16", "bf16-mixed": "bf16", "bf16-true": "bf16",
+                  "16": "fp16", "16-mixed": "fp16", "16-true": "fp16", "64": "fp32", "64-true": "fp32"}
+
+
+def run_precision(hparams: dict, device: torch.device) -> tuple[str, str]:
+    """(precision, why) a checkpoint was trained in, as fp32/bf16/fp16 for `device`: the
+    Trainer precision fmb recorded (auto resolved), else the config's. A precision `device`
+    cannot run (fp16 on CPU) falls back to fp32, and `why` says so."""
+    config = hparams.get("config") or {}
+    recorded = hparams.get("precision") or (config.get("trainer") or {}).get("precision")
+    name = RUN_PRECISIONS.get(str(recorded))
+    if name is None:  # 'auto' from a run that did not record its choice
+        return "fp32", f"the run's precision ({recorded}) is not recorded in the checkpoint; fp32"
+    if name == "fp16" and device.type == "cpu":
+        return "fp32", "the run trained in fp16, which CPU autocast does not run; fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp32", "the run trained in bf16, which this GPU lacks; fp32"
+    return name, f"the run's ({recorded})"

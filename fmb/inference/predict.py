@@ -1,10 +1,12 @@
-"""`fmb predict` as a library function: a checkpoint and images → top-k labels with probabilities.
+"""`fmb predict` as a library function: a checkpoint (or a file written by `fmb export`) and
+images → top-k labels with probabilities.
 
 Inputs are image files, folders (searched recursively for images) or a dataset: anything
 `data.source` takes (a save_to_disk directory, parquet/arrow/csv files, a hub id, `digits`),
-read from one split. Images get the run's own eval transform (resize, centre crop, ImageNet
-normalisation) at the run's eval size. An image that cannot be decoded is reported, counted
-and skipped; the others are still predicted.
+read from one split. Images get the run's own eval transform (resize, centre crop,
+normalisation with the run's mean/std) at the run's eval size; an exported .onnx (run by
+onnxruntime) or .pt2 brings the same settings in its metadata. An image that cannot be
+decoded is reported, counted and skipped; the others are still predicted.
 """
 from __future__ import annotations
 
@@ -27,17 +29,24 @@ SPLIT_ORDER = ("test", "validation", "valid", "val", "train")
 
 @dataclass
 class Classifier:
-    """A checkpoint's network ready for inference, with what it needs to read images."""
-    model: torch.nn.Module  # fmb's ImageClassifier (eval mode)
+    """A network ready for inference, with what it needs to read images: a checkpoint's
+    module, or an exported file (`run` then computes the logits and `model` is None)."""
+    model: torch.nn.Module | None  # fmb's ImageClassifier (eval mode)
     class_names: list[str]
     eval_image_size: int
     crop_ratio: float
     weights: str  # "ema" or "raw"
     checkpoint: str
+    preprocessing: dict = field(default_factory=dict)  # build_eval_transform's interpolation, mean, std, preprocessing
+    train_image_size: int | None = None
+    model_fields: dict = field(default_factory=dict)  # the model section: variant, blocks, ... (memory estimate)
+    run: Callable[[torch.Tensor], torch.Tensor] | None = None
+    fixed_size: bool = False  # an export takes only the size it was written for
 
 
 def load_classifier(checkpoint: str | Path, *, ema: bool = True) -> Classifier:
     """The checkpoint's module on CPU with its EMA weights (when it kept them and `ema`) or raw ones."""
+    from fmb.data.transforms import preprocessing_kwargs
     from fmb.training.evaluate import load_checkpoint, restore_module
 
     ckpt = load_checkpoint(checkpoint)
@@ -48,7 +57,32 @@ def load_classifier(checkpoint: str | Path, *, ema: bool = True) -> Classifier:
     if size is None:
         raise FmbError(f"{checkpoint} does not record its eval image size; pass --resolution")
     return Classifier(module, names, int(size), float(cfg.data.crop_ratio),
-                      "ema" if ema and "current_model_state" in ckpt else "raw", str(checkpoint))
+                      "ema" if ema and "current_model_state" in ckpt else "raw", str(checkpoint),
+                      preprocessing_kwargs(cfg.data), cfg.data.image_size,
+                      _model_fields(module.hparams["config"]["model"]))
+
+
+def _model_fields(model: dict) -> dict:
+    return {"variant_name": model["variant"], "blocks": model.get("blocks"),
+            "stage_overrides": {int(k): v for k, v in (model.get("stage_overrides") or {}).items()} or None,
+            "width_mult": model.get("width_mult"), "depth_mult": model.get("depth_mult")}
+
+
+def load_exported(path: str | Path, device: torch.device, precision: str) -> Classifier:
+    """An .onnx or .pt2 written by `fmb export`, with the classes and preprocessing its metadata holds."""
+    from fmb.inference.exported import exported_runner, read_metadata
+
+    path = Path(path)
+    if not path.is_file():
+        raise FmbError(f"exported model not found: {path}; expected a file written by fmb export, or a .ckpt")
+    meta = read_metadata(path)
+    prep = {"mean": tuple(json.loads(meta["mean"])), "std": tuple(json.loads(meta["std"])),
+            "interpolation": meta["interpolation"], "preprocessing": meta.get("preprocessing", "fmb")}
+    train_size = meta.get("image_size")
+    return Classifier(None, json.loads(meta["class_names"]), int(meta["eval_image_size"]), float(meta["crop_ratio"]),
+                      meta.get("weights", "raw"), str(path), prep, int(train_size) if str(train_size).isdigit() else None,
+                      _model_fields(json.loads(meta["model"])), exported_runner(path, device, precision),
+                      fixed_size=True)
 
 
 @dataclass
@@ -150,6 +184,8 @@ def predict(checkpoint: str | Path, inputs: list[str | Path], *, top_k: int = 5,
             resolution: int | None = None, on_progress: Callable[[int], None] | None = None) -> PredictResult:
     """Top-k classes and probabilities for every image the inputs name (see `iter_inputs`)."""
     from fmb.data.transforms import build_eval_transform
+    from fmb.inference.exported import EXPORTED_SUFFIXES
+    from fmb.training.memory import check_fits, model_activation_bytes
 
     if not inputs:
         raise FmbError("no inputs; expected image files, folders or a dataset after the checkpoint")
@@ -157,18 +193,37 @@ def predict(checkpoint: str | Path, inputs: list[str | Path], *, top_k: int = 5,
         raise FmbError(f"--top-k {top_k}; expected 1 or more")
     if batch_size < 1:
         raise FmbError(f"--batch-size {batch_size}; expected 1 or more")
+    if resolution is not None and resolution < 16:
+        raise FmbError(f"--resolution {resolution}; expected 16 px or more (the network downsamples 32x), e.g. 224")
     target = resolve_device(device)
     precision = check_precision(precision, target)
-    classifier = load_classifier(checkpoint, ema=ema)
-    model = classifier.model.to(target)
+    exported = Path(checkpoint).suffix.lower() in EXPORTED_SUFFIXES
+    if exported and not ema:
+        raise FmbError(f"--no-ema: {checkpoint} holds the one set of weights it was exported with; expected the "
+                       "run's .ckpt for --no-ema")
+    classifier = load_exported(checkpoint, target, precision) if exported else load_classifier(checkpoint, ema=ema)
     size = int(resolution or classifier.eval_image_size)
-    transform = build_eval_transform(size, classifier.crop_ratio, normalize=True)
+    if classifier.fixed_size and size != classifier.eval_image_size:
+        raise FmbError(f"--resolution {size}: {checkpoint} was exported for {classifier.eval_image_size} px; expected "
+                       f"--resolution {classifier.eval_image_size} (or export again with --resolution {size})")
+    need = model_activation_bytes(**classifier.model_fields, image_size=size, batch_size=batch_size, training=False,
+                                  bytes_per_value=4 if precision == "fp32" else 2)
+    check_fits(None, size, batch_size, target.type, training=False, size_key="--resolution",
+               batch_key="--batch-size", need=need)  # before the model grows to what the kernel kills
+    if classifier.run is None:
+        model = classifier.model.to(target)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), autocast(precision, target):
+                return model(batch.to(target))
+    else:
+        forward = classifier.run
+    transform = build_eval_transform(size, classifier.crop_ratio, normalize=True, **classifier.preprocessing)
     k = min(top_k, len(classifier.class_names))
     result = PredictResult(classifier.checkpoint, classifier.weights, str(target), precision, k)
 
     def run(names: list[str], images: list[torch.Tensor]) -> None:
-        with torch.inference_mode(), autocast(precision, target):
-            logits = model(torch.stack(images).to(target))
+        logits = forward(torch.stack(images))
         probs, indices = logits.float().softmax(-1).topk(k, dim=-1)
         for name, p_row, i_row in zip(names, probs.cpu().tolist(), indices.cpu().tolist()):
             result.predictions.append({"input": name, "top": [
@@ -192,4 +247,8 @@ def predict(checkpoint: str | Path, inputs: list[str | Path], *, top_k: int = 5,
         run(names, images)
     if not result.predictions and not result.skipped:
         raise FmbError(f"no images found in {', '.join(map(str, inputs))}")
+    if not result.predictions:  # a result of nothing is not a success
+        first = result.skipped[0]
+        raise FmbError(f"none of the {len(result.skipped)} image(s) could be read (first: {first['input']}: "
+                       f"{first['error']}); expected image files PIL can open")
     return result
