@@ -57,10 +57,45 @@ def _mlflow(run_dir: Path, run):
     except ImportError:
         raise _missing("mlflow", "mlflow-skinny") from None
     uri = run.mlflow_tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+    check_tracking_server(uri)
     if uri.startswith("file:"):  # MLflow 3 keeps the file store behind this opt-in (no server, no database)
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MLFlowLogger(experiment_name=run.name or run_dir.parent.name or "fmb", run_name=run_dir.name,
                         tracking_uri=uri, tags={"run_dir": str(run_dir.resolve())})
+
+
+REACH_TIMEOUT_S = 5.0  # a server on the same network answers in milliseconds
+
+
+def check_tracking_server(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail in one line, before training, when an http(s) MLflow server does not answer.
+
+    MLflow's client retries each request with backoff for minutes, so an unreachable server
+    would otherwise hang the run at its first logged value. Any HTTP answer (even 401 or 404)
+    means something is there; no answer within `timeout` is the error."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return  # file stores and databases: MLflow reports their errors itself, without retrying
+    shown = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() \
+        if parts.hostname else uri  # never echo a password in the URI
+    try:
+        urllib.request.urlopen(urllib.request.Request(uri, method="GET"), timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (502, 503, 504):  # a gateway's "nothing behind me" is no answer either
+            return
+        reason = exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+    else:
+        return
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    raise FmbError(f"run.mlflow_tracking_uri {shown} does not answer ({text}, waited up to {timeout:g} s); "
+                   "expected a running MLflow server, or run.mlflow_tracking_uri=null for a file store in the "
+                   "run dir, or mlflow dropped from run.loggers")
 
 
 _BUILDERS = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}
