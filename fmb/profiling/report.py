@@ -131,6 +131,7 @@ def run_profile(*, variant, blocks, sets, width_mult, depth_mult, num_classes, r
                 json_path, plot_path, console) -> dict:
     model_kwargs = {"name": variant, "blocks": blocks, "stage_overrides": parse_stage_sets(sets),
                     "width_mult": width_mult, "depth_mult": depth_mult, "num_classes": num_classes}
+    check_profile_fits(model_kwargs, resolution, batch_size, mode, device, precision)
     result = profile_model(model_kwargs, resolution=resolution, batch_size=batch_size, device=device,
                            precision=precision, mode=mode, channels_last=channels_last, compile=compile,
                            fast=fast, warmup=warmup, iters=iters, per_stage=True, compare_blocks=compare_blocks)
@@ -145,6 +146,25 @@ def run_profile(*, variant, blocks, sets, width_mult, depth_mult, num_classes, r
     if json_path:
         atomic_write_text(Path(json_path), json.dumps(result, indent=2) + "\n")
     return result
+
+
+def check_profile_fits(model_kwargs: dict, resolution: int, batch_size: int, mode: str, device: str,
+                       precision: str) -> None:
+    """Refuse, before building anything, a shape whose activations exceed free memory (a
+    training step when `mode` times one, else an inference batch): one line with what fits,
+    not a process the kernel kills at tens of GiB."""
+    from fmb.training.memory import check_fits, model_activation_bytes
+
+    on_gpu = str(device).startswith("cuda")
+    if resolution < 16 or batch_size < 1 or (on_gpu and not torch.cuda.is_available()):
+        return  # profile_model says what is wrong with these
+    training = mode != "infer"
+    need = model_activation_bytes(model_kwargs["name"], resolution, batch_size, blocks=model_kwargs["blocks"],
+                                  stage_overrides=model_kwargs["stage_overrides"] or None,
+                                  width_mult=model_kwargs["width_mult"], depth_mult=model_kwargs["depth_mult"],
+                                  training=training, bytes_per_value=4 if precision == "fp32" else 2)
+    check_fits(None, resolution, batch_size, "cuda" if on_gpu else "cpu",
+               training=training, size_key="--resolution", batch_key="--batch-size", need=need)
 
 
 def describe_variant(name: str, num_classes: int = 1000) -> dict:
