@@ -64,7 +64,7 @@ def run_local(study: Study, store: StudyDir, records: dict, out: Path, console: 
     if finished:
         console.print(f"{out}: {finished} of {n} trials already finished, running {len(pending)}")
     fail_fast = study.ablate["fail_fast"]
-    with Progress(*COLUMNS, console=console) as progress:
+    with Progress(*COLUMNS, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("trials", total=n, completed=finished)
         queue = deque()
         for trial in pending:

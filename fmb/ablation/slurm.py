@@ -212,7 +212,7 @@ def run_on_slurm(study, store, records: dict, out: Path, console) -> None:
     n = len(study.trials)
     finished = n - len(jobs)
     try:
-        with Progress(*COLUMNS, console=console) as progress:
+        with Progress(*COLUMNS, console=console, disable=not console.is_terminal) as progress:
             task = progress.add_task("trial jobs", total=n, completed=finished)
 
             def update(done, waiting):

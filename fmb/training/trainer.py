@@ -1,6 +1,10 @@
 """The Lightning Trainer a run asks for: its callbacks, loggers and checkpoint plugin."""
 from __future__ import annotations
 
+import logging
+import sys
+import warnings
+
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -27,7 +31,7 @@ def fmb_callbacks(cfg, run_dir) -> list:
                         enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"), PlainProgress(cfg.run.progress_every), LogHyperparameters(),
     ]
-    if cfg.trainer.get("enable_progress_bar", True):
+    if progress_bar(cfg):
         callbacks.append(RichProgressBar(leave=True))
     if cfg.ema.enabled:
         callbacks.append(WarmupEMAWeightAveraging(decay=cfg.ema.decay, warmup=cfg.ema.warmup))
@@ -36,13 +40,41 @@ def fmb_callbacks(cfg, run_dir) -> list:
     return callbacks
 
 
+def progress_bar(cfg) -> bool:
+    """Rich's bar on a terminal only: piped or in a SLURM log its frames would be noise (PlainProgress
+    prints a line every run.progress_every steps there instead)."""
+    return bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
+
+
+# Lightning's advertising and facts fmb already prints in its own lines (the auto plan).
+_NOISE = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Keep a run's log to what a reader acts on (idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in log.filters):
+            log.addFilter(_DropNoise())
+    # Lightning's own use of a torch API that torch deprecated: nothing a user can change.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def build_trainer(cfg, plan, run, devices, machine, callbacks=()) -> L.Trainer:
     """The Trainer for the config that runs (`plan.apply`'d); checkpoints commit `run` as they land.
 
     `devices`: the checked DevicePlan (fmb/training/distributed.py); `callbacks`: extra Lightning
     callbacks (notebooks, tests), after fmb's own."""
+    quiet_lightning()
     extra = [FollowLoad(machine)] if plan.follow_load else []
-    options = {"enable_progress_bar": True, **cfg.trainer}
+    # Lightning's model summary counts FLOPs only with an example input, so it printed 0: fmb's
+    # own start line gives the parameters, `fmb profile` the FLOPs.
+    options = {"enable_model_summary": False, **cfg.trainer, "enable_progress_bar": progress_bar(cfg)}
     if cfg.progressive.enabled or cfg.data.streaming:
         options.setdefault("reload_dataloaders_every_n_epochs", 1)  # new train loader per stage / stream epoch
     try:
