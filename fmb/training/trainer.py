@@ -16,6 +16,7 @@ from fmb.training.loggers import LogHyperparameters, run_loggers
 from fmb.training.outcome import Preemption
 from fmb.training.progress import PlainProgress
 from fmb.training.progressive import ProgressiveLearning
+from fmb.training.random_state import ExactResume
 from fmb.training.rundir import AtomicCheckpointIO
 
 
@@ -30,6 +31,7 @@ def fmb_callbacks(cfg, run_dir) -> list:
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"), PlainProgress(cfg.run.progress_every), LogHyperparameters(),
+        ExactResume(),
     ]
     if progress_bar(cfg):
         callbacks.append(RichProgressBar(leave=True))

@@ -1,0 +1,69 @@
+"""`ExactResume`: a resumed run continues the random streams where the checkpoint left them.
+
+Lightning restores weights, optimizer, schedule and loop counters, but not the process's
+random state: without it a run resumed at an epoch boundary draws other shuffles, crops,
+MixUp λs, dropout and stochastic-depth masks than the uninterrupted run, and ends at another
+accuracy. The states of torch (CPU and every CUDA device), NumPy and Python's `random` are
+saved with every checkpoint and put back when the first resumed epoch starts (after
+Lightning's sanity check, which draws from them too).
+
+What it cannot restore, said once at resume:
+- a checkpoint from inside an epoch (SIGTERM, Ctrl-C): the rest of that epoch sees another
+  data order (the loaders cannot be resumed mid-way), from the next epoch on the run is exact;
+- persistent loader workers (data.num_workers > 0): each worker keeps its own stream, which
+  starts afresh in a resumed run, so augmentations done in workers differ.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from fmb.utils import rank_zero_print
+
+
+def capture() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ExactResume(Callback):
+    def __init__(self):
+        self._pending: dict | None = None
+        self._mid_epoch = False
+
+    def state_dict(self) -> dict:
+        return {"random": capture()}  # taken when the checkpoint is written
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict.get("random")
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        self._mid_epoch = progress.get("is_last_batch") is False and progress.get("current", {}).get("ready", 0) > 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._pending is None:
+            return
+        restore(self._pending)
+        self._pending = None
+        limits = []
+        if self._mid_epoch:
+            limits.append(f"the checkpoint is from inside epoch {trainer.current_epoch}, so its remaining batches "
+                          "come in another order (exact from the next epoch)")
+        loader = trainer.train_dataloader
+        if getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0) > 0:
+            limits.append(f"the {loader.num_workers} persistent loader workers start new random streams, so "
+                          "augmentations differ (data.persistent_workers=false makes it exact)")
+        if limits:
+            rank_zero_print("[yellow]resume:[/] random state restored; " + "; ".join(limits))
