@@ -55,6 +55,20 @@ class Origin:
         return {"bn_eps": self.bn_eps, "bn_momentum": self.bn_momentum}
 
 
+def _unreadable(path: Path, exc: Exception) -> FmbError:
+    """A weights file torch's safe loader (or safetensors) refused, in fmb's words: torch's own
+    message advises weights_only=False, which would run whatever code the file holds."""
+    expected = ("expected a state dict saved with torch.save(model.state_dict(), path), or a .safetensors, "
+                "hf-hub: or torchvision: weights")
+    text = str(exc)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return FmbError(f"cannot read checkpoint {path}: it is not a weights file fmb can read safely (it holds "
+                        f"Python objects besides tensors, and loading those could run code); {expected}")
+    first = text.strip().splitlines()[0][:120] if text.strip() else ""
+    return FmbError(f"cannot read checkpoint {path}: not a weights file fmb can read ({type(exc).__name__}"
+                    f"{': ' + first if first else ''}); {expected}")
+
+
 def read_file(path: Path) -> dict:
     """The state dict in a .safetensors / .pth / .pt / .ckpt file (Lightning's `state_dict` or timm's `model`
     entry taken where the file wraps it)."""
@@ -63,11 +77,11 @@ def read_file(path: Path) -> dict:
         try:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-            raise FmbError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+            raise _unreadable(path, exc) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise FmbError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise _unreadable(path, exc) from None
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
