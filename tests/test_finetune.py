@@ -142,3 +142,35 @@ def test_the_datamodule_normalizes_with_the_weights_mean_and_std(caches, image_f
     data.setup("fit")
     images, _ = next(iter(data.val_dataloader()))
     assert images.min() >= -1.0 and images.max() <= 1.0  # [-1, 1]: mean = std = 0.5, not ImageNet's
+
+
+def test_a_placement_study_starts_each_trial_from_the_pretrained_weights(caches, tmp_path):
+    """Each trial's `fmb train` config (its -c file and command line, as fmb ablate writes them)
+    builds its placement from the weights: the swapped stages fresh, the rest loaded."""
+    from fmb.ablation.runner import trial_command
+    from fmb.ablation.study import load_study
+    from fmb.models import create_model
+    from fmb.training.module import model_kwargs
+
+    hub_cache(caches[0], "tf_efficientnetv2_b0.in1k")
+    study = load_study(["digits_quick"], [f"model.pretrained={HUB}", "model.width_mult=null", "model.depth_mult=null"],
+                       placements="FFFMMM,MFFMMM,MMMMMM", seeds=[0])
+    fresh = {}
+    for placement in study.placements:
+        path = tmp_path / f"{placement}.yaml"
+        path.write_text(yaml.safe_dump(study.trial_config(placement)))
+        command = trial_command(study, path, placement, 0, tmp_path / placement)
+        cfg = load_config([path], command[command.index("train") + 3:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = create_model(**model_kwargs(cfg.model), num_classes=10, pretrained=cfg.model.pretrained)
+        fresh[placement] = sorted(model.pretrained_report.fresh)
+    assert fresh == {"FFFMMM": [], "MFFMMM": [1], "MMMMMM": [1, 2, 3]}
+
+
+def test_the_v2s_finetune_preset_takes_the_default_weights_and_their_preprocessing():
+    cfg = load_config(["finetune_v2s"], ["data.image_size=64", "data.eval_image_size=64"])
+    assert (cfg.model.variant, cfg.model.pretrained, cfg.model.padding) == (
+        "efficientnetv2_s", "hf-hub:timm/tf_efficientnetv2_s.in21k_ft_in1k", "same")
+    assert (cfg.model.freeze_stages, cfg.optim.head_lr_factor, cfg.data.source) == (2, 10, "digits")
+    assert (cfg.data.mean, cfg.data.std, cfg.data.crop_ratio) == ([0.5] * 3, [0.5] * 3, 1.0)
