@@ -26,6 +26,14 @@ LOCK_FILE = ".lock"
 RESULTS_LOCK = "results.lock"
 
 
+def invocation_files(files) -> list[str]:
+    """The -c files as study.json records them for `--resume`: a path that exists, absolute (so
+    the study resumes from any folder); a preset name such as `digits_quick` as the name, which
+    resolves to the shipped preset from anywhere (made absolute, it would name a file in the
+    folder the study happened to start from, which does not exist)."""
+    return [str(Path(f).expanduser().resolve()) if Path(f).expanduser().exists() else str(f) for f in files]
+
+
 def _flatten(d, prefix=""):
     if isinstance(d, dict):
         out = {}
