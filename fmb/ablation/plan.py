@@ -58,6 +58,27 @@ def parse_placements(value, variant: str) -> list[str]:
     return items
 
 
+PARETO = "pareto:"
+
+
+def pareto_count(value) -> int | None:
+    """K of 'pareto:K' (a string, or a list holding only it): K placements from the predicted
+    Pareto front, chosen by a placement search when the study starts; None for anything else."""
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    items = [i.strip() for i in items if i.strip()]
+    hits = [i for i in items if i.lower().startswith(PARETO[:-1])]
+    if not hits:
+        return None
+    if len(items) > 1:
+        raise FmbError(f"'{hits[0]}' stands alone in --placements (the search picks them all); expected "
+                       f"'pareto:K' or a list of placements, not both: {','.join(items)}")
+    text = hits[0][len(PARETO):] if hits[0].lower().startswith(PARETO) else ""
+    if not text.isdigit() or int(text) < 1:
+        raise FmbError(f"invalid '{hits[0]}' in --placements: expected pareto:K with K a whole number >= 1, "
+                       f"e.g. pareto:3")
+    return int(text)
+
+
 def generate_placements(sweep: str, n_stages: int, cap: int = DEFAULT_EXHAUSTIVE_CAP,
                         force: bool = False) -> list[str]:
     """prefix: first k stages fused, k = 0..N (the paper's Table 3 axis);

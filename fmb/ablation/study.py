@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from fmb.ablation.plan import (
-    Trial, generate_placements, make_trials, parse_placements, parse_seeds,
+    Trial, generate_placements, make_trials, pareto_count, parse_placements, parse_seeds,
     trial_stage_overrides,
 )
 from fmb.config import load_config, parse_overrides, read_yaml, to_dict
@@ -140,6 +140,11 @@ def load_study(files: list[str], overrides: list[str], *, placements=None, sweep
     cap = ablate["exhaustive_cap"]
     if placements is None and sweep is None and ablate["placements"] is not None:
         placements = ablate["placements"]
+    if placements is not None and (k := pareto_count(placements)) is not None:
+        from fmb.ablation.front import front_placements  # measures: only when a study asks for the front
+
+        placements = front_placements(variant, k, model=model, ablate=ablate,
+                                      image_size=(resolved.get("data") or {}).get("image_size"))
     if placements is not None:
         chosen = parse_placements(placements, variant)
     else:

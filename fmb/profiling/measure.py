@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
+import time
 
 import torch
 from torch import nn
@@ -126,26 +127,32 @@ def time_call(fn, *, warmup: int, iters: int) -> dict:
 
 
 def time_alternating(steps: dict, *, warmup: int, rounds: int) -> dict:
-    """{label: summarize(...)} of `rounds` timed calls of each `steps[label]`, taken round by round.
+    """{label: summarize(...) + spent_s} of `rounds` timed calls of each `steps[label]`, round by round.
 
     Each contender gets its own `warmup` untimed calls first (the first one also pays the
     process's warm-up, untimed); then every round times each contender once, the order
-    rotated so that none always follows the same neighbour or goes first while the
-    machine's load drifts. Medians of such rounds are what makes contenders comparable on
-    a shared machine, whatever order they were listed in.
+    rotated so that none always goes first while the machine's load drifts. Medians of such
+    rounds are what makes contenders comparable on a shared machine, whatever order they
+    were listed in. `spent_s` is the wall time a contender's calls took, untimed ones included:
+    what measuring it cost.
     """
-    for fn in steps.values():
+    spent = dict.fromkeys(steps, 0.0)
+    for label, fn in steps.items():
+        started = time.perf_counter()
         for _ in range(warmup):
             fn()
+        spent[label] += time.perf_counter() - started
     timer_class = _timer_class()
     timers = {label: timer_class("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
               for label, fn in steps.items()}
     labels, times = list(steps), {label: [] for label in steps}
-    for r in range(rounds):
+    for r in range(rounds if labels else 0):
         shift = r % len(labels)
         for label in labels[shift:] + labels[:shift]:
+            started = time.perf_counter()
             times[label].append(timers[label].timeit(1).times[0] * 1e3)
-    return {label: summarize(ms) for label, ms in times.items()}
+            spent[label] += time.perf_counter() - started
+    return {label: {**summarize(ms), "spent_s": spent[label]} for label, ms in times.items()}
 
 
 def summarize(times_ms: list[float]) -> dict:
