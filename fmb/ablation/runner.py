@@ -31,8 +31,9 @@ def default_train_command() -> list[str]:
 
 def trial_command(study: Study, config_path: Path, placement: str, seed: int, run_dir: Path) -> list[str]:
     prefix = study.ablate["train_command"] or default_train_command()
+    from fmb.ablation.study_auto import study_overrides
     return [*map(str, prefix), "train", "-c", str(config_path), f"model.blocks={placement}",
-            f"run.seed={seed}", f"run.dir={run_dir}", *study.train_overrides]
+            f"run.seed={seed}", f"run.dir={run_dir}", *study_overrides(study.auto), *study.train_overrides]
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None

@@ -46,6 +46,7 @@ class Study:
     seeds: list[int]
     trials: list[Trial]
     resolved: dict = field(repr=False, default_factory=dict)
+    auto: dict = field(default_factory=dict)  # settings decided once for every trial (study_auto.py)
 
     @property
     def profile_only(self) -> bool:

@@ -13,6 +13,7 @@ from fmb.ablation import report
 from fmb.ablation.local import run_local
 from fmb.ablation.report_context import context_lines
 from fmb.ablation.slurm import run_on_slurm
+from fmb.ablation.study_auto import decide_study_auto
 from fmb.ablation.store import StudyDir
 from fmb.ablation.study import Study, load_study
 from fmb.errors import FmbError
@@ -86,9 +87,13 @@ def run_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=N
     files, overrides, study, out, store, title = prepare_study(files, overrides, placements, sweep, seeds, profile_only,
                                                           out, resume, fail_fast, force)
     console = console or make_console(stderr=True)
+    if not study.profile_only and study.ablate["launcher"] != "slurm":
+        stored = (store.read_study() or {}).get("invocation", {}).get("auto") if resume else None
+        study.auto = decide_study_auto(study, stored)
+        console.print("every trial: " + "; ".join(entry["reason"] for entry in study.auto.values()), highlight=False)
     store.open(study.fingerprint(), study.identity(), {
         "files": [str(Path(f).resolve()) for f in files], "overrides": overrides,
-        "placements": study.placements, "seeds": study.seeds, "profile_only": study.profile_only})
+        "placements": study.placements, "seeds": study.seeds, "profile_only": study.profile_only, "auto": study.auto})
     try:
         records = store.records()
         if study.ablate["launcher"] == "slurm" and not study.profile_only:
