@@ -1,5 +1,9 @@
 """Import weights saved from torchvision, timm or fmb into an fmb EfficientNet.
 
+`read_checkpoint` takes a file or a published source (hf-hub:, torchvision:, True; resolved
+by pretrained.py); `load_into` copies by name, the stages of another block type left fresh
+(partial.py).
+
 Tensors are matched by NAME, so a file's key order does not matter (safetensors stores keys
 sorted, which puts `blocks.10` before `blocks.2`). Each origin's names are translated to
 fmb's: timm and fmb already share them (timm's SE is `conv_reduce`/`conv_expand`, ours
