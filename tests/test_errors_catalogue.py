@@ -94,7 +94,7 @@ class Row:
     def format(self, text: str) -> str:
         tiny = " ".join(shlex.quote(o) for o in tiny_train_overrides(self.images, self.new))
         return text.format(tiny=tiny, run=self.run, copy=self.copy, new=self.new, tmp=self.tmp, ro=self.ro,
-                           images=self.images, full=self.full)
+                           images=self.images, full=self.full, long="n" * 300)
 
 
 def _hold_lock(row: Row, where: Path):
@@ -128,6 +128,22 @@ def _setup(row_id: str, row: Row):
         (tmp / "bad.yaml").write_text("model:\n  variant: [efficientnetv2_s\n")
     elif row_id == "config-list":
         (tmp / "list.yaml").write_text("- a\n- b\n")
+    elif row_id == "config-alias-bomb":  # 9**9 values once expanded; a few hundred bytes on disk
+        lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+        lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+        (tmp / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    elif row_id == "config-too-big":
+        (tmp / "big.yaml").write_text("# " + "x" * (2 << 20) + "\n")
+    elif row_id == "config-env-lookup":
+        (tmp / "env.yaml").write_text("run:\n  name: ${oc.env:HOME}\n")
+    elif row_id == "pretrained-unsafe":
+        torch.save({"state_dict": _Pickled()}, tmp / "object.pth")
+    elif row_id == "predict-all-unreadable":
+        (tmp / "bad.png").write_bytes(b"\x89PNG but not really")
+    elif row_id == "export-exists":
+        (tmp / "keep.onnx").write_bytes(b"an earlier export")
+    elif row_id == "export-read-only":
+        row.read_only()
     elif row_id == "source-empty-folder":
         (tmp / "empty").mkdir()
     elif row_id == "source-one-class":
