@@ -74,19 +74,17 @@ def check_devices(devices, target: torch.device) -> None:
         raise FmbError(f"--devices {devices}: this machine has {have} {what}; expected --devices 1 to {have}")
 
 
-RUN_PRECISIONS = {"32": "fp32", "32-true": "fp32", "bf16": "bf16", "bf16-mixed": "bf16", "bf16-true": "bf16",
-                  "16": "fp16", "16-mixed": "fp16", "16-true": "fp16", "64": "fp32", "64-true": "fp32"}
-
-
 def run_precision(hparams: dict, device: torch.device) -> tuple[str, str]:
     """(precision, why) a checkpoint was trained in, as fp32/bf16/fp16 for `device`: the
     Trainer precision fmb recorded (auto resolved), else the config's. A precision `device`
     cannot run (fp16 on CPU) falls back to fp32, and `why` says so."""
-    config = hparams.get("config") or {}
-    recorded = hparams.get("precision") or (config.get("trainer") or {}).get("precision")
-    name = RUN_PRECISIONS.get(str(recorded))
-    if name is None:  # 'auto' from a run that did not record its choice
-        return "fp32", f"the run's precision ({recorded}) is not recorded in the checkpoint; fp32"
+    from fmb.device import precision_name
+
+    recorded = ((hparams.get("config") or {}).get("trainer") or {}).get("precision")
+    try:
+        name = precision_name(recorded)
+    except FmbError:  # 'auto' from a run that did not record its choice, or a precision eval has no autocast for
+        return "fp32", f"the run's precision ({recorded}) is not one eval runs; fp32"
     if name == "fp16" and device.type == "cpu":
         return "fp32", "the run trained in fp16, which CPU autocast does not run; fp32"
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
