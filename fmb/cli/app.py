@@ -62,7 +62,7 @@ def _debug_requested(argv=None) -> bool:
 
 app = _App(
     name="fmb",
-    help="EfficientNet V1/V2 around the Fused-MBConv block: train, eval, ablate, profile.",
+    help="EfficientNet V1/V2 around the Fused-MBConv block: which stages to fuse, and what it costs or buys.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,  # --install-completion / --show-completion; the commands import lazily
