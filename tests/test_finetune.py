@@ -96,6 +96,7 @@ def test_weights_of_another_variant_are_one_line():
 def test_tiny_finetune_trains_evaluates_and_predicts_with_the_sources_preprocessing(caches, image_folder, tmp_path,
                                                                                     run_cli):
     from fmb.inference.predict import load_classifier
+    from fmb.training.checkpoints import read_checkpoint_file
     from fmb.training.run import train
 
     source = hub_cache(caches[0], "tf_efficientnetv2_b0.in1k", data_config=EXPORTED)
@@ -113,7 +114,7 @@ def test_tiny_finetune_trains_evaluates_and_predicts_with_the_sources_preprocess
     assert saved["model"]["bn_eps"] == 1e-3 and saved["data"]["mean"] == [0.5, 0.5, 0.5]
     assert (saved["data"]["interpolation"], saved["data"]["crop_ratio"]) == ("bilinear", 1.0)
 
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
     state, theirs = ckpt["state_dict"], source.state_dict()
     # stem and stages 1-2 frozen: weights and BN statistics as published; stage 3 trained
     for key in ("conv_stem.weight", "bn1.running_mean", "blocks.1.1.bn2.running_var", "blocks.1.0.conv_exp.weight"):
@@ -131,13 +132,11 @@ def test_tiny_finetune_trains_evaluates_and_predicts_with_the_sources_preprocess
     assert run_cli("eval", run_dir / "checkpoints" / "last.ckpt").returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the datamodule does not yet pass data.mean/std/interpolation "
-                                       "(fmb.data.transforms.preprocessing_kwargs) to its transforms")
 def test_the_datamodule_normalizes_with_the_weights_mean_and_std(caches, image_folder):
     from fmb.data import ImageDataModule
 
     cfg = load_config([], [f"data.source={image_folder}", "model.pretrained=true", "data.image_size=32",
-                           "data.num_workers=0"])
+                           "data.eval_image_size=32", "data.num_workers=0"])
     data = ImageDataModule(cfg.data, cfg.aug)
     data.setup("fit")
     images, _ = next(iter(data.val_dataloader()))
