@@ -10,6 +10,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped on a machine without a CUDA GPU (`pytest -m gpu` selects them)."""
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(no_gpu)
+
+
 @pytest.fixture
 def tiny():
     """Keyword arguments for the tiny models every test uses (width/depth 0.25)."""
@@ -50,6 +60,18 @@ def tiny_train_overrides(source, run_dir, **extra):
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def fixed_profile(monkeypatch):
+    """fmb ablate's profiler replaced by fixed numbers (a function of the placement), for sweep tests
+    that check the sweep, not the measurement, and so two runs' reports compare byte for byte.
+    The real profiler inside a sweep is tested in test_ablate.py's profile-only and real sweeps."""
+    def profile_model(spec, **kw):
+        fused = spec["blocks"].count("F")
+        return {"params": 1000 + fused, "macs": 10_000 + 100 * fused, "flops": 20_000 + 200 * fused,
+                "infer_images_per_sec": 500.0 + fused, "train_images_per_sec": 100.0 + fused}
+    monkeypatch.setattr("fmb.profiling.profile_model", profile_model)
 
 
 @pytest.fixture

@@ -109,6 +109,7 @@ def test_plans():
     assert parse_seeds("0, 2") == [0, 2]
 
 
+@pytest.mark.slow
 def test_profile_only_prefix_params_match_create_model(tmp_path):
     result = run_ablation([_preset(tmp_path, fake=False)], profile_only=True, sweep="prefix", out=tmp_path / "study")
     assert result.exit_code == 0
@@ -121,7 +122,7 @@ def test_profile_only_prefix_params_match_create_model(tmp_path):
     assert (tmp_path / "study" / "throughput_vs_params.png").stat().st_size > 0
 
 
-def test_training_sweep_writes_report_csv_plots(tmp_path, fake_log):
+def test_training_sweep_writes_report_csv_plots(tmp_path, fake_log, fixed_profile):
     preset = _preset(tmp_path, fused_overrides={"se_ratio": 0.0})
     out, js = tmp_path / "study", tmp_path / "out.json"
     result = run_ablation([preset], placements="MMMMMM,FFFMMM", seeds="0,1", out=out, json_path=js)
@@ -146,7 +147,7 @@ def test_training_sweep_writes_report_csv_plots(tmp_path, fake_log):
     assert len(fake_log.read_text().split()) == 4 and len(_lines(out / "results.jsonl")) == 4
 
 
-def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, fake_log, monkeypatch):
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, fake_log, fixed_profile, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "FFMMMM")
     preset = _preset(tmp_path)
     result = run_ablation([preset], placements="MMMMMM,FFMMMM,FFFFFF", out=tmp_path / "a")
@@ -173,6 +174,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path, fake_log, run_cli):
     preset, out = _preset(tmp_path), tmp_path / "study"
     env = {**os.environ, "FAKE_SLOW": "FFMMMM"}
@@ -206,7 +209,7 @@ def _snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path, run_cli):
+def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path, run_cli, fixed_profile):
     preset, out = _preset(tmp_path, fake=False), tmp_path / "study"
     run_ablation([preset], placements="MMMMMM", profile_only=True, out=out)
     before = _snapshot(out)
@@ -249,6 +252,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path, run_cli):
     assert _snapshot(out) == before
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_real_training_sweep(tmp_path, run_cli):
     """Two placements through the real `fmb train` on digits (each trial its own process), a

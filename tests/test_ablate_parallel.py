@@ -25,16 +25,6 @@ def fake_log(tmp_path, monkeypatch):
     return log
 
 
-@pytest.fixture
-def fixed_profile(monkeypatch):
-    """The same profile numbers every time, so two runs' reports can be compared byte for byte."""
-    def profile_model(spec, **kw):
-        fused = spec["blocks"].count("F")
-        return {"params": 1000 + fused, "macs": 10_000 + 100 * fused, "flops": 20_000 + 200 * fused,
-                "infer_images_per_sec": 500.0 + fused, "train_images_per_sec": 100.0 + fused}
-    monkeypatch.setattr("fmb.profiling.profile_model", profile_model)
-
-
 def test_two_trials_at_once_overlap_and_report_equals_sequential(tmp_path, fake_log, fixed_profile, monkeypatch):
     monkeypatch.setenv("FAKE_SLEEP", "1.5")
     monkeypatch.setenv("FAKE_JITTER", "0.004")
@@ -63,6 +53,8 @@ def test_two_trials_at_once_overlap_and_report_equals_sequential(tmp_path, fake_
     assert fused["n_pairs"] == 2 and fused["significant"] is True and fused["diff_ci_low"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_with_two_trials_in_flight_then_resume_runs_each_trial_once(tmp_path, fake_log, run_cli):
     preset, out = _preset(tmp_path), tmp_path / "study"
     env = {**os.environ, "FAKE_SLOW": "FFMMMM,FFFFFF"}

@@ -96,6 +96,7 @@ def test_report_names_hardware_validation_and_differences_and_writes_hparams(tmp
     assert b"hparams" in blob and b"FFFMMM" in blob and b"hparams/val_top1" in blob
 
 
+@pytest.mark.slow
 def test_profile_only_report_has_no_training_budget(tmp_path):
     out = tmp_path / "study"
     run_ablation([_preset(tmp_path, fake=False)], placements="MMMMMM,FFFFFF", profile_only=True, out=out)

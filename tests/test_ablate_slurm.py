@@ -17,6 +17,8 @@ from test_ablate import _lines, _preset
 SLURM = ["ablate.launcher=slurm", "ablate.slurm.cluster=local", "ablate.slurm.timeout_min=10"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_study_through_submitit_then_resume_submits_only_what_is_missing(tmp_path, monkeypatch):
     log = tmp_path / "invocations.log"
     monkeypatch.setenv("FAKE_LOG", str(log))
@@ -45,6 +47,8 @@ def test_study_through_submitit_then_resume_submits_only_what_is_missing(tmp_pat
     assert sorted(p.name for p in (out / "tensorboard").iterdir()) == sorted(completed)  # HParams view per trial
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_timed_out_job_is_requeued_and_continues_from_its_checkpoint(tmp_path, monkeypatch):
     log = tmp_path / "invocations.log"
     monkeypatch.setenv("FAKE_LOG", str(log))

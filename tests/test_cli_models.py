@@ -2,7 +2,10 @@
 the console entry point in a fresh interpreter): table, JSON, and one-line errors."""
 import json
 
+import pytest
 
+
+@pytest.mark.slow
 def test_models_table_and_json(run_cli, tmp_path):
     out = tmp_path / "models.json"
     result = run_cli("models", "--json", str(out))

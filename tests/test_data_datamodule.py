@@ -96,6 +96,7 @@ def test_eval_size_and_batches(tmp_path):
     assert abs(float(images.mean())) < 3  # normalized, not 0..255
 
 
+@pytest.mark.slow
 def test_a_new_stage_gets_a_new_train_loader_and_an_unchanged_one_keeps_it(tmp_path):
     dm = module("digits", tmp_path, cache_dir=str(tmp_path), num_workers=1, persistent_workers=True, batch_size=256)
     loader = dm.train_dataloader()

@@ -12,6 +12,7 @@ from fmb.errors import FmbError
 from fmb.training.run import train
 
 
+@pytest.mark.slow
 def test_csv_tensorboard_wandb_mlflow_in_one_offline_run(image_folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -55,6 +55,7 @@ def test_print_config_carries_docs_as_comments_and_loads_back(run_cli, tmp_path)
     assert load_config([str(saved)]) == cfg
 
 
+@pytest.mark.subprocess
 def test_completion_on_and_help_imports_no_torch(run_cli):
     assert "--install-completion" in run_cli("--help").stdout
     code = ("import sys\nfrom fmb.cli import app\n"
@@ -65,6 +66,7 @@ def test_completion_on_and_help_imports_no_torch(run_cli):
     assert "TORCH False" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.subprocess
 def test_digits_without_scikit_learn(tmp_path):
     code = ("import sys; sys.modules['sklearn'] = None\n"  # importing it would fail
             "from fmb.data.sources import digits_dataset\n"
@@ -84,6 +86,7 @@ def test_digits_without_scikit_learn(tmp_path):
     assert (pixels == expected).all() and ds["label"] == reference.target.tolist()
 
 
+@pytest.mark.slow
 def test_readme_plain_lightning_example(tmp_path, monkeypatch):
     """The README's "Python use" example runs as written: fmb's model and datamodule in a plain
     lightning.Trainer, then Trainer.predict."""
@@ -98,6 +101,7 @@ def test_readme_plain_lightning_example(tmp_path, monkeypatch):
     assert probs.shape[1] == 10 and float(probs.sum(-1).mean()) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     """Build the wheel, install it (no deps) into a fresh venv that borrows this environment's

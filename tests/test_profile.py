@@ -43,6 +43,7 @@ def test_per_stage_params_and_macs_add_up_to_the_model():
     assert sum(count_macs_per_stage(model, 32).values()) == result["macs"]
 
 
+@pytest.mark.slow
 def test_result_is_json_with_the_documented_keys():
     result = profile_model(TINY, mode="both", fast=True, channels_last=True, precision="bf16", **QUICK)
     assert set(json.loads(json.dumps(result))) >= KEYS

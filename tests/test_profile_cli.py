@@ -17,6 +17,7 @@ CLI_DEFAULTS = {"variant": "efficientnetv2_s", "blocks": None, "sets": None, "wi
                 "compare_blocks": False, "warmup": 0, "iters": 1, "json_path": None, "plot_path": None}
 
 
+@pytest.mark.slow
 def test_profile_writes_tables_json_and_plot(run_cli, tmp_path):
     out, png = tmp_path / "profile.json", tmp_path / "stages.png"
     result = run_cli("profile", *TINY, "-r", "32", "-b", "2", "--mode", "infer", "--compare-blocks",

@@ -67,6 +67,8 @@ def long_run(tmp_path):
     return tiny_train_overrides(images, run_dir, **{"trainer.max_epochs": 1000, "data.batch_size": 4}), run_dir
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_second_process_is_refused_sigterm_preempts_and_resume_finishes(long_run, run_cli, tmp_path):
     overrides, run_dir = long_run
     first = start_fmb(["train", *overrides], log=tmp_path / "first.log")
@@ -93,6 +95,8 @@ def test_second_process_is_refused_sigterm_preempts_and_resume_finishes(long_run
     assert_no_epoch_twice(run_dir)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_mid_epoch_then_resume_keeps_every_epoch_once(long_run, run_cli, tmp_path):
     overrides, run_dir = long_run
     process = start_fmb(["train", *overrides])
@@ -117,6 +121,8 @@ SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "
          "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_slurm_sigusr1_requeues_and_the_requeued_job_resumes_on_its_own(long_run, run_cli, tmp_path, monkeypatch):
     overrides, run_dir = long_run
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
@@ -149,6 +155,7 @@ def test_slurm_sigusr1_requeues_and_the_requeued_job_resumes_on_its_own(long_run
     assert_no_epoch_twice(run_dir)
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_is_not_a_dead_end(image_folder, tmp_path, run_cli, monkeypatch):
     from fmb.training.module import ImageClassifier
 
@@ -196,6 +203,7 @@ def test_sigterm_that_breaks_other_code_first_is_still_a_preemption(image_folder
     assert state["global_step"] == 2
 
 
+@pytest.mark.slow
 def test_resume_from_an_older_checkpoint_branches_and_leaves_the_run_alone(image_folder, tmp_path, run_cli):
     run_dir = tmp_path / "run"
     assert run_cli("train", *tiny_train_overrides(image_folder, run_dir)).returncode == 0

@@ -108,6 +108,7 @@ def test_cli_errors_exit_2_in_one_line(run_cli):
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.subprocess
 def test_cli_subprocess_smoke():
     """One real process: the console entry point, its exit code and its one-line error."""
     bad = subprocess.run([sys.executable, "-m", "fmb", "train", "model.varient=x"], capture_output=True, text=True)
