@@ -39,6 +39,7 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
     An existing file at the destination is kept unless `overwrite`; every argument is checked
     before the checkpoint is read."""
     from fmb.inference.predict import load_classifier
+    from fmb.training.memory import check_fits, model_activation_bytes
 
     if format not in FORMATS:
         raise choice_error("--format", format, list(FORMATS))
@@ -61,8 +62,6 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
         net = fuse_bn(net).eval()
     size = int(resolution or classifier.eval_image_size)
     batch_sizes = [batch_size] + ([batch_size + 3] if dynamic_batch and format != "safetensors" else [])
-    from fmb.training.memory import check_fits, model_activation_bytes
-
     need = model_activation_bytes(**classifier.model_fields, image_size=size, batch_size=max(batch_sizes),
                                   training=False)
     check_fits(None, size, max(batch_sizes), "cpu", training=False, size_key="--resolution",
