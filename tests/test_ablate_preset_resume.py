@@ -34,8 +34,6 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.xfail(strict=True, reason="fmb/ablation/sweep.py still records Path(f).resolve(); it should record "
-                                       "invocation_files(files)")
 def test_run_ablation_records_the_preset_name(tmp_path, monkeypatch):
     from fmb.ablation import sweep
 

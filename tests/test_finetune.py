@@ -3,6 +3,8 @@ setting wins, with a warning), the source's eval preprocessing is its own, and a
 fine-tune with frozen stages and a faster head trains, evaluates and predicts."""
 import warnings
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -108,6 +110,8 @@ def test_tiny_finetune_trains_evaluates_and_predicts_with_the_sources_preprocess
     with pytest.warns(UserWarning, match="classifier starts fresh"):
         summary = train(load_config([], overrides))
     assert summary["status"] == "completed" and summary["num_classes"] == 3
+    assert summary["pretrained"]["fresh_stages"] == [] and summary["pretrained"]["classifier"] == "fresh"
+    assert json.loads((run_dir / "summary.json").read_text())["pretrained"] == summary["pretrained"]
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["pretrained"] == HUB and saved["model"]["padding"] == "same"

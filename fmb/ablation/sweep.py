@@ -14,7 +14,7 @@ from fmb.ablation.local import run_local
 from fmb.ablation.report_context import context_lines
 from fmb.ablation.slurm import run_on_slurm
 from fmb.ablation.study_auto import decide_study_auto
-from fmb.ablation.store import StudyDir
+from fmb.ablation.store import StudyDir, invocation_files
 from fmb.ablation.study import Study, load_study
 from fmb.errors import FmbError
 from fmb.utils import atomic_write_text, make_console
@@ -92,7 +92,7 @@ def run_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=N
         study.auto = decide_study_auto(study, stored)
         console.print("every trial: " + "; ".join(entry["reason"] for entry in study.auto.values()), highlight=False)
     store.open(study.fingerprint(), study.identity(), {
-        "files": [str(Path(f).resolve()) for f in files], "overrides": overrides,
+        "files": invocation_files(files), "overrides": overrides,
         "placements": study.placements, "seeds": study.seeds, "profile_only": study.profile_only, "auto": study.auto})
     try:
         records = store.records()

@@ -4,8 +4,10 @@ Lightning restores weights, optimizer, schedule and loop counters, but not the p
 random state: without it a run resumed at an epoch boundary draws other shuffles, crops,
 MixUp λs, dropout and stochastic-depth masks than the uninterrupted run, and ends at another
 accuracy. The states of torch (CPU and every CUDA device), NumPy and Python's `random` are
-saved with every checkpoint and put back when the first resumed epoch starts (after
-Lightning's sanity check, which draws from them too).
+saved with every checkpoint and put back as the checkpoint is restored: after that, the first
+draws of the resumed fit (the loader's seed, its shuffle, the first batch's crops; Lightning
+prefetches that batch before the epoch's hooks run, and runs its sanity check with the random
+state isolated) are the ones the uninterrupted run made after saving the checkpoint.
 
 What it cannot restore, said once at resume:
 - a checkpoint from inside an epoch (SIGTERM, Ctrl-C): the rest of that epoch sees another
@@ -25,13 +27,19 @@ from fmb.utils import rank_zero_print
 
 
 def capture() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """The process's random states as tensors and plain numbers (checkpoints load with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def restore(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -39,24 +47,25 @@ def restore(state: dict) -> None:
 
 class ExactResume(Callback):
     def __init__(self):
-        self._pending: dict | None = None
+        self._pending = False
         self._mid_epoch = False
 
     def state_dict(self) -> dict:
         return {"random": capture()}  # taken when the checkpoint is written
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._pending = state_dict.get("random")
+        if state_dict.get("random") is not None:
+            restore(state_dict["random"])
+            self._pending = True  # say what could not be restored when the epoch starts
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
         self._mid_epoch = progress.get("is_last_batch") is False and progress.get("current", {}).get("ready", 0) > 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self._pending is None:
+        if not self._pending:
             return
-        restore(self._pending)
-        self._pending = None
+        self._pending = False
         limits = []
         if self._mid_epoch:
             limits.append(f"the checkpoint is from inside epoch {trainer.current_epoch}, so its remaining batches "

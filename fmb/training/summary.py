@@ -55,7 +55,14 @@ def summarize(trainer, module, cfg, run_dir, status, error, started, global_batc
         "seed": cfg.run.seed,
         "slurm_job_id": slurm_job(),
         "auto": auto,
+        # which stages model.pretrained loaded and which started fresh (another placement than the weights')
+        "pretrained": _pretrained_report(module),
     }
+
+
+def _pretrained_report(module):
+    report = getattr(module.model, "pretrained_report", None)
+    return report.as_dict() if report is not None else None
 
 
 def next_step_hint(summary: dict) -> str:

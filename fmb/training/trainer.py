@@ -65,6 +65,8 @@ def quiet_lightning() -> None:
             log.addFilter(_DropNoise())
     # Lightning's own use of a torch API that torch deprecated: nothing a user can change.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # model.freeze_stages keeps the frozen stages (and their BN statistics) in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def build_trainer(cfg, plan, run, devices, machine, callbacks=()) -> L.Trainer:
