@@ -67,7 +67,7 @@ def plan(hardware, *overrides, **kw):
 
 def decided(hardware, *overrides):
     return {k: d.value for k, d in plan(hardware, *overrides).decisions.items()
-            if k not in ("torch.threads", "data.num_workers", "model.compile")}
+            if k not in ("torch.threads", "data.num_workers", "model.compile", "model.cuda_graphs")}
 
 
 def test_cuda_with_bf16_gets_bf16_and_channels_last(hardware):

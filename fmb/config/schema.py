@@ -38,10 +38,12 @@ class ModelConfig:
     sync_bn: Optional[bool] = opt(None, "SyncBatchNorm; null = on with several CUDA devices")
     channels_last: Union[bool, str] = opt("auto", "NHWC memory format; auto = on with CUDA or CPU bf16 (fmb/training/auto.py)")
     compile: Union[bool, str] = opt("auto", "torch.compile the training forward; auto = on with CUDA for runs of >= 10k steps")
+    cuda_graphs: Union[bool, str] = opt("auto", "replay the training step as CUDA graphs (static shapes); auto = "
+                                                "with CUDA, fixed image size, runs of >= 10k steps")
 
     def __post_init__(self):
         check_choices(self, "model")
-        for key in ("channels_last", "compile"):
+        for key in ("channels_last", "compile", "cuda_graphs"):
             if isinstance(getattr(self, key), str) and getattr(self, key) != "auto":
                 raise _bad(f"model.{key}", getattr(self, key), "true, false or auto")
         from fmb.models import build_stages

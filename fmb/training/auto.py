@@ -37,6 +37,7 @@ import torch
 
 from fmb.data.workers import auto_workers
 from fmb.device import Machine, accelerator_type
+from fmb.errors import FmbError
 
 AUTO = "auto"
 FOLLOW_LOAD = "follow_load"
@@ -121,6 +122,31 @@ def compile_(requested, device: str, progressive: bool, train_steps: int | None)
                                f"(from {COMPILE_MIN_STEPS} steps)")
     shapes = "dynamic shapes across progressive stages" if progressive else "static shapes"
     return Decision(True, f"CUDA: {train_steps} training steps repay the compile time ({shapes})")
+
+
+def cuda_graphs(requested, device: str, progressive: bool, train_steps: int | None) -> Decision:
+    """Capture the training forward and backward as CUDA graphs (torch.compile's reduce-overhead
+    mode): the host then launches one graph instead of V2-S's thousands of kernels, the bound of
+    its step at 128-224 px on an H200. Needs static shapes (the train loader drops the ragged
+    last batch; progressive learning changes the size) and pays its compile only on long runs."""
+    if requested is True:
+        if device != "cuda":
+            raise FmbError(f"model.cuda_graphs=true needs a CUDA GPU (this run is on {device}); "
+                           "expected model.cuda_graphs=false or auto")
+        if progressive:
+            raise FmbError("model.cuda_graphs=true with progressive learning: the image size changes per stage and a "
+                           "captured graph needs static shapes; expected model.cuda_graphs=false or auto")
+        return Decision(True, "explicit", requested)
+    if requested is False:
+        return Decision(False, "explicit", requested)
+    if device != "cuda":
+        return Decision(False, "no CUDA")
+    if progressive:
+        return Decision(False, "CUDA, but progressive learning changes the image size (dynamic shapes)")
+    if train_steps is None or train_steps < COMPILE_MIN_STEPS:
+        return Decision(False, f"CUDA: {train_steps or 'an unknown number of'} training steps would not repay the "
+                               f"capture's compile (from {COMPILE_MIN_STEPS} steps)")
+    return Decision(True, f"CUDA, static shapes, {train_steps} training steps: one graph launch per step")
 
 
 def planned_steps(train_images: int | None, global_batch: int, accumulate: int, trainer_cfg) -> int | None:
@@ -241,6 +267,7 @@ def resolve(cfg, machine: Machine, data=None, *, world_size: int = 1,
         "trainer.precision": prec,
         "model.channels_last": channels_last(cfg.model.channels_last, device, str(prec.value)),
         "model.compile": compile_(cfg.model.compile, device, bool(cfg.progressive.enabled), steps),
+        "model.cuda_graphs": cuda_graphs(cfg.model.cuda_graphs, device, bool(cfg.progressive.enabled), steps),
         "data.num_workers": loader_workers(cfg.data.num_workers, device, trainer.get("devices", AUTO), machine),
         "torch.threads": threads(cfg.run.threads, device, trainer.get("devices", 1), machine),
     }
@@ -252,12 +279,14 @@ def resolve(cfg, machine: Machine, data=None, *, world_size: int = 1,
     return Plan(decisions, follows_load(cfg.run.threads, device, trainer.get("devices", 1)), sizes)
 
 
-def model_settings(cfg, machine: Machine) -> tuple[bool, bool]:
-    """(channels_last, compile) for a module built outside `fmb train`: resolved values pass
-    through; `auto` is decided for the accelerator the config names."""
-    if cfg.model.channels_last != AUTO and cfg.model.compile != AUTO:
-        return bool(cfg.model.channels_last), bool(cfg.model.compile)
+def model_settings(cfg, machine: Machine) -> tuple[bool, bool, bool]:
+    """(channels_last, compile, cuda_graphs) for a module built outside `fmb train`: resolved
+    values pass through; `auto` is decided for the accelerator the config names."""
+    m = cfg.model
+    if AUTO not in (m.channels_last, m.compile, m.cuda_graphs):
+        return bool(m.channels_last), bool(m.compile), bool(m.cuda_graphs)
     device = device_type(accelerator(cfg.trainer.get("accelerator", AUTO), machine).value, machine)
-    compiled = compile_(cfg.model.compile, device, bool(cfg.progressive.enabled), None).value
+    progressive = bool(cfg.progressive.enabled)
     prec = precision(cfg.trainer.get("precision", AUTO), device, machine).value
-    return channels_last(cfg.model.channels_last, device, str(prec)).value, compiled
+    return (channels_last(m.channels_last, device, str(prec)).value, compile_(m.compile, device, progressive, None).value,
+            cuda_graphs(m.cuda_graphs, device, progressive, None).value)

@@ -59,7 +59,7 @@ class ImageClassifier(L.LightningModule):
         self.model = cpu_fast_paths(create_model(**kwargs, num_classes=num_classes))
         self._frozen_modules = freeze_stages(self.model, self.cfg.model.freeze_stages)
         # `auto` values are decided for this machine (fmb train has already written them in).
-        self.channels_last, compile_model = model_settings(self.cfg, machine())
+        self.channels_last, compile_model, graphs = model_settings(self.cfg, machine())
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Compile the training forward only, kept out of the registered submodules so the state
@@ -67,8 +67,12 @@ class ImageClassifier(L.LightningModule):
         # image size per stage: dynamic shapes let one graph serve every stage instead of
         # recompiling. Evaluation runs eager: no-grad mode and a ragged last batch would each cost
         # a recompile (~30 s each for V2-S on an H200) for a few batches per epoch.
-        self.__dict__["_compiled"] = (torch.compile(self.model, dynamic=True if self.cfg.progressive.enabled else None)
-                                      if compile_model else None)
+        # CUDA graphs: the same compile in reduce-overhead mode, which replays the captured step
+        # (fmb/training/auto.py's cuda_graphs decides it; shapes are static there).
+        self.__dict__["_compiled"] = (
+            torch.compile(self.model, mode="reduce-overhead", dynamic=False) if graphs
+            else torch.compile(self.model, dynamic=True if self.cfg.progressive.enabled else None) if compile_model
+            else None)
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
         self.val_raw_metrics = accuracy_metrics(num_classes).clone(prefix="val_raw/")
         self.select_metrics = accuracy_metrics(num_classes).clone(prefix="select/")
