@@ -27,15 +27,14 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 
 import timm
 import torch
 import torchvision
 from torch import nn
-from torch.utils.benchmark import Timer
 
 from fmb.models import cpu_fast_paths, create_model, fuse_bn
+from fmb.profiling.measure import time_alternating
 
 FAMILIES = {  # fmb name: (timm name, torchvision name)
     "efficientnetv2_s": ("efficientnetv2_s", "efficientnet_v2_s"),
@@ -76,16 +75,8 @@ def train_fn(model, x, y, ctx=contextlib.nullcontext):
 
 
 def race(contenders: dict, rounds: int, warmup: int, iters: int) -> dict:
-    """{name: ms per call}; each round times every contender once, starting one further along."""
-    names, times = list(contenders), {n: [] for n in contenders}
-    timers = {n: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) for n, fn in contenders.items()}
-    for fn in contenders.values():  # first calls build kernels and grow allocator caches: keep them out of round 0
-        for _ in range(warmup):
-            fn()
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            times[n].append(timers[n].timeit(iters).mean * 1e3)
-    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)} for n, t in times.items()}
+    """{name: {median_ms, min_ms, max_ms, ...}}: fmb's alternating timer, the one `fmb profile` uses."""
+    return time_alternating(contenders, warmup=warmup, rounds=rounds, calls_per_round=iters)
 
 
 def auto_mode():

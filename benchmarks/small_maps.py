@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from peers import race
 from torch import nn
 
 from fmb.models.layers import DepthwiseConv2d, PointwiseConv2d
+from fmb.profiling.measure import time_alternating
 from fmb.models.small_maps import cpu_fast_paths, use_depthwise_matrix, use_pointwise_linear
 
 # (kind, channels in, channels out or kernel size, map side, batch)
@@ -61,7 +61,8 @@ def main():
         fmb_layer, torch_layer = layer_pair(kind, a, b)
         x = torch.randn(batch, a, side, side, requires_grad=True)
         fast = use_depthwise_matrix(x, b) if kind == "depthwise" else use_pointwise_linear(x)
-        rows = race({"torch": step_fn(torch_layer, x), "fmb": step_fn(fmb_layer, x)}, args.rounds, 2, args.iters)
+        rows = time_alternating({"torch": step_fn(torch_layer, x), "fmb": step_fn(fmb_layer, x)}, warmup=2,
+                                rounds=args.rounds, calls_per_round=args.iters)
         label = (f"{kind} {a} ch {b}x{b}" if kind == "depthwise" else f"pointwise {a}->{b}") + f", {side}x{side}, batch {batch}"
         t, f = rows["torch"]["median_ms"], rows["fmb"]["median_ms"]
         print(f"{label:44s} {t:12.2f} {f:8.2f} {t / f:5.2f}x  {'small-map' if fast else 'conv'}")

@@ -126,8 +126,10 @@ def time_call(fn, *, warmup: int, iters: int) -> dict:
     return summarize([timer.timeit(1).times[0] * 1e3 for _ in range(iters)])
 
 
-def time_alternating(steps: dict, *, warmup: int, rounds: int) -> dict:
-    """{label: summarize(...) + spent_s} of `rounds` timed calls of each `steps[label]`, round by round.
+def time_alternating(steps: dict, *, warmup: int, rounds: int, calls_per_round: int = 1) -> dict:
+    """{label: summarize(...) + spent_s} of `rounds` timed calls of each `steps[label]`, round by round
+    (a round's figure is the mean of `calls_per_round` calls). `fmb profile` and benchmarks/ time
+    contenders with it.
 
     Each contender gets its own `warmup` untimed calls first (the first one also pays the
     process's warm-up, untimed); then every round times each contender once, the order
@@ -150,7 +152,7 @@ def time_alternating(steps: dict, *, warmup: int, rounds: int) -> dict:
         shift = r % len(labels)
         for label in labels[shift:] + labels[:shift]:
             started = time.perf_counter()
-            times[label].append(timers[label].timeit(1).times[0] * 1e3)
+            times[label].append(timers[label].timeit(calls_per_round).mean * 1e3)
             spent[label] += time.perf_counter() - started
     return {label: {**summarize(ms), "spent_s": spent[label]} for label, ms in times.items()}
 
