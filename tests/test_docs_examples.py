@@ -83,12 +83,12 @@ def test_pages_have_runnable_examples():
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """A finished tiny run on the built-in digits (the front door's data and recipe, made small)."""
+    """A finished tiny run of the front door (digits, EMA on), made small."""
     from fmb.config import load_config
     from fmb.training.run import train
 
     run_dir = tmp_path_factory.mktemp("docs_examples") / "digits-run"
-    summary = train(load_config([], [*TINY_MODEL, *TINY_FIT, *TINY_DATA, f"run.dir={run_dir}"]))
+    summary = train(load_config(["digits_v2s"], [*TINY_MODEL, *TINY_FIT, *TINY_DATA, f"run.dir={run_dir}"]))
     assert summary["status"] == "completed"
     return run_dir
 
