@@ -85,3 +85,19 @@ def test_alias_bomb_recursive_alias_and_size_refused_before_expansion(tmp_path):
     shared = tmp_path / "shared.yaml"  # anchors used as intended still load
     shared.write_text("model: {variant: efficientnetv2_b0, stage_overrides: {1: &k {kernel_size: 5}, 2: *k}}\n")
     assert load_config([shared]).model.stage_overrides[2] == {"kernel_size": 5}
+
+
+def test_alias_bomb_in_one_override_is_refused():
+    levels = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 8)]
+    with pytest.raises(FmbError, match=r"override 'run.loggers=...' expands to more than 100,000 values"):
+        load_config([], ["run.loggers=[" + ", ".join(levels) + "]"])
+
+
+def test_interpolation_of_a_key_set_elsewhere(tmp_path):
+    """${model.variant} in a file or an override names a key of the merged config, not of the
+    file alone."""
+    other = tmp_path / "other.yaml"
+    other.write_text("run:\n  name: ${model.variant}-run\n")
+    assert load_config([other], ["model.variant=efficientnetv2_b0"]).run.name == "efficientnetv2_b0-run"
+    assert load_config([], ["run.name=${model.variant}"]).run.name == "efficientnetv2_s"

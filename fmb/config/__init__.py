@@ -66,7 +66,7 @@ def read_yaml(path: str | Path) -> DictConfig:
         loader = yaml.SafeLoader(text)
         try:  # compose first: an alias is then one shared node, so its expanded size can be counted
             node = loader.get_single_node()
-            check_yaml_size(node, str(path))
+            check_yaml_size(node, f"config file {path}")
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -109,6 +109,11 @@ def parse_overrides(items) -> tuple[list[tuple[str, str]], DictConfig]:
             raise FmbError(f"override '{text}' has no value; expected {key.strip()}=VALUE, or {key.strip()}=null "
                            "for the default")
         check_no_env_lookup(value, f"override '{text}'", key.strip())
+        try:  # OmegaConf reads the value as YAML: one flow value can hold an alias bomb too
+            node = yaml.compose(value, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            node = None  # OmegaConf says what is malformed
+        check_yaml_size(node, f"override '{key.strip()}=...'")
         if key.strip() in GROUPS:
             groups.append((key.strip(), value.strip()))
         else:
@@ -202,14 +207,14 @@ def load_config(files=(), overrides=(), *, front_door: bool = False) -> TrainCon
     explicit = set()  # keys the user set: pretrained weights fill only the others
     for file in files:
         text = read_yaml(file)
-        explicit |= set_keys(text)
+        explicit |= set_keys(OmegaConf.to_container(text, resolve=False))  # ${a.b} may name a key set later
         cfg = _merge(cfg, text, str(find_preset(file)))
     groups, nested = parse_overrides(overrides)
     for group, name in groups:
         cfg = _select_group(cfg, group, name)
         explicit |= set_keys(read_yaml(CONFIG_DIR / group / f"{name}.yaml"))
     cfg = _merge(cfg, nested, "overrides " + " ".join(map(str, overrides)))
-    explicit |= set_keys(nested)
+    explicit |= set_keys(OmegaConf.to_container(nested, resolve=False))
     return OmegaConf.to_object(apply_pretrained(cfg, explicit))  # runs every section's checks
 
 

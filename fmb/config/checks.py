@@ -80,7 +80,7 @@ def check_yaml_size(node, origin: str) -> None:
         if key in sizes:
             return sizes[key]
         if key in open_nodes:
-            raise FmbError(f"config file {origin} holds an alias inside its own anchor (a recursive value); "
+            raise FmbError(f"{origin} holds an alias inside its own anchor (a recursive value); "
                            "expected plain nested sections")
         open_nodes.add(key)
         if isinstance(n.value, list):
@@ -91,7 +91,7 @@ def check_yaml_size(node, origin: str) -> None:
         open_nodes.discard(key)
         sizes[key] = total
         if total > MAX_CONFIG_NODES:
-            raise FmbError(f"config file {origin} expands to more than {MAX_CONFIG_NODES:,} values through its "
+            raise FmbError(f"{origin} expands to more than {MAX_CONFIG_NODES:,} values through its "
                            "aliases (&anchor / *alias); expected a config of plain sections")
         return total
 
