@@ -22,6 +22,16 @@ TINY = {"name": "efficientnetv2_b0", "width_mult": 0.25, "depth_mult": 0.25, "nu
 RES = 32
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread while these tests time anything: on a shared machine two threads that wait
+    for each other at every op make tiny steps both slow and erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _sum_rows(rows: dict, placement: str, key: str) -> int:
     return rows["stem"][key] + rows["head"][key] + sum(rows[f"{i + 1}{c}"][key] for i, c in enumerate(placement))
 

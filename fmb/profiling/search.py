@@ -6,20 +6,25 @@ Result keys (a JSON-serialisable dict):
   variant, model, resolution, batch_size, device, precision, channels_last, fast, warmup, iters,
   threads, torch        what was measured, as in `profile_model`
   paper_placement       the variant's own placement (marked on the fronts)
-  table                 cost_model.measure_parts: stem, head, each stage as M and as F
+  table                 cost_model.part_table: stem, head, each stage as M and as F (params, MACs,
+                        median ms of the part, its share of the network's ms), the scale factors
+                        and the two anchor networks (all-M, all-F) they come from
   predictions           one row per placement (all 2^S): placement, params, macs (per image,
                         exact), train_ms, infer_ms (predicted per batch), train_images_per_sec,
                         infer_images_per_sec, and fronts: the fronts it is on
   fronts                {"params_train", "params_infer", "macs_train", "macs_infer"}: the
                         placements on each front, cheapest first
-  validated             rows for the placements measured end to end: placement, predicted and
-                        measured img/s (train, infer), the measured spread, error_train and
-                        error_infer = predicted / measured - 1, why it was chosen
-  median_abs_error      {"train", "infer"} over the validated placements (None if none)
-  timing_s              parts (measuring the table), predict, validate, per_placement (one
-                        end-to-end measurement, from the validation), all_end_to_end (the
-                        validation's per-placement time x 2^S, or measured when every placement
-                        was validated), search_fraction = (parts + predict) / all_end_to_end
+  validated             rows for the placements measured end to end: placement, why it was
+                        chosen, predicted and measured img/s (train, infer), the measured
+                        spread, error_train and error_infer = predicted / measured - 1. The
+                        prediction here comes from the parts timed again in the same rounds as
+                        these networks, so that the machine's load drifting between the search
+                        and the check is not counted as error
+  median_abs_error      {"train", "infer"} over the validated placements that are not anchors
+  timing_s              search (building and timing the parts, predicting), validate,
+                        per_placement (what measuring one network end to end cost in the
+                        validation: building, warm-up, rounds), all_end_to_end (per_placement x
+                        2^S), search_fraction = search / all_end_to_end
   notes
 """
 from __future__ import annotations

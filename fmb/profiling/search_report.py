@@ -96,9 +96,14 @@ def plot(result: dict, path: Path, cost: str = "params") -> None:
         members = [rows[p] for p in result["fronts"][f"{cost}_{kind}"]]
         ax.plot([p[cost] / scale for p in members], [p[key] for p in members], "-o", ms=4, c="tab:blue",
                 label="front (predicted)")
+        # the check's own prediction (parts timed in the same rounds) next to what was measured:
+        # the search's prediction above was taken minutes earlier, under another load
         checked = result["validated"]
-        ax.scatter([rows[r["placement"]][cost] / scale for r in checked], [r[f"measured_{key}"] for r in checked],
-                   marker="x", c="tab:orange", label="measured")
+        xs = [rows[r["placement"]][cost] / scale for r in checked]
+        ax.scatter(xs, [r[f"predicted_{key}"] for r in checked], marker="o", s=30, facecolors="none",
+                   edgecolors="tab:orange", label="checked: predicted in the same rounds")
+        ax.scatter(xs, [r[f"measured_{key}"] for r in checked], marker="x", c="tab:orange",
+                   label="checked: measured")
         paper = rows[result["paper_placement"]]
         ax.scatter([paper[cost] / scale], [paper[key]], marker="D", s=60, facecolors="none", edgecolors="tab:red",
                    label=f"paper {paper['placement']}")
