@@ -59,7 +59,7 @@ def test_device_and_precision_errors(tiny_checkpoint):
             evaluate(ckpt, device="cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_eval_on_cuda_matches_cpu(tiny_checkpoint):
     ckpt, _, _ = tiny_checkpoint
     cpu, gpu = evaluate(ckpt, device="cpu"), evaluate(ckpt, device="cuda", precision="bf16")
@@ -87,6 +87,8 @@ def test_devices_must_be_a_count_and_one_named_gpu_is_one_device(tiny_checkpoint
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.ddp
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two CPU processes need two cores")
 def test_eval_over_two_processes_counts_every_image_once(tiny_checkpoint, tmp_path):
     """`--devices 2` through Lightning's DDP (two CPU processes, gloo): each rank scores its share,
