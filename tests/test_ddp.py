@@ -219,11 +219,6 @@ def test_ddp_two_cpu_processes_slurm_tasks(tmp_path):
 
 # --- bad input: one line, exit 2, before Lightning starts a second process ------------------
 
-def fmb_train(tmp_path, *overrides):
-    return subprocess.run([sys.executable, "-m", "fmb", "train", *overrides], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
 
 @pytest.fixture
 def no_spawning(monkeypatch):
@@ -259,11 +254,10 @@ def test_bad_distributed_settings_fail_in_one_line_before_spawning(tmp_path, cap
     assert not run_dir.exists()  # nothing written: no half-made run directory
 
 
-@pytest.mark.subprocess
-def test_cli_more_cpu_processes_than_cores_is_one_line_without_traceback(tmp_path):
-    """The real command line, end to end: no process started, nothing written."""
-    proc = fmb_train(tmp_path, "trainer.accelerator=cpu", f"trainer.devices={CORES + 1}", "trainer.strategy=ddp",
-                     f"run.dir={tmp_path / 'run'}")
+def test_cli_more_cpu_processes_than_cores_is_one_line_without_traceback(tmp_path, run_cli, no_spawning):
+    """The command line (in this process), end to end: no process started, nothing written."""
+    proc = run_cli("train", "trainer.accelerator=cpu", f"trainer.devices={CORES + 1}", "trainer.strategy=ddp",
+                   f"run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith("error: trainer.devices=") and len(proc.stderr.strip().splitlines()) == 1
     assert "Initializing distributed" not in proc.stdout + proc.stderr and not (tmp_path / "run").exists()
