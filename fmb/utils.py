@@ -61,14 +61,18 @@ def writable_folder(path: Path) -> tuple[Path, str | None]:
     return folder, None
 
 
-def check_writable(path: Path, option: str) -> None:
+def check_writable(path: Path, option: str, example: Path | None = None) -> None:
     """Refuse an output path that cannot be written before any work is done: a directory
     where a file goes, a file where a folder must be, or a read-only place."""
     from fmb.errors import FmbError
 
     path = Path(path).expanduser()
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
+    if too_long is not None:  # checked first: the file system refuses even to look such a name up
+        raise FmbError(f"{option} {path}: the name {too_long[:40]}… is {len(os.fsencode(too_long))} bytes; expected "
+                       "at most 255 bytes per file or folder name")
     if path.is_dir():
-        raise FmbError(f"{option} {path} is a directory; expected a file path such as {path / 'result.json'}")
+        raise FmbError(f"{option} {path} is a directory; expected a file path such as {example or path / 'result.json'}")
     folder, problem = writable_folder(path.parent)
     if problem == "file":
         raise FmbError(f"{option} {path}: {folder} is a file, not a folder; expected a path in a writable folder")

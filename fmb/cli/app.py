@@ -52,7 +52,8 @@ def _fail(message: str, code: int, argv) -> None:
         import traceback
         traceback.print_exc()
     line = " ".join(message.split())  # one line, whatever the message held
-    err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True,
+                      emoji=False)  # ':x:' in a user's value must not become an emoji
     sys.exit(code)
 
 
@@ -76,16 +77,14 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
 
 
 def check_outputs(**paths) -> None:
-    """Refuse unusable output paths before any work, not after it: a directory, a path under
-    a file, a read-only folder."""
+    """Refuse unusable output paths before any work, not after it: an over-long name, a
+    directory, a path under a file, a read-only folder."""
     from fmb.utils import check_writable
 
     for option, path in paths.items():
-        if path is not None and Path(path).is_dir():
-            raise FmbError(f"--{option.replace('_', '-')} {path} is a directory; expected a file path such as "
-                           f"{Path(path) / ('result.json' if option == 'json' else 'plot.png')}")
         if path is not None:
-            check_writable(Path(path), f"--{option.replace('_', '-')}")
+            example = Path(path) / ("result.json" if option == "json" else "plot.png")
+            check_writable(Path(path), f"--{option.replace('_', '-')}", example=example)
 
 
 def write_json(path: Path, payload) -> None:

@@ -63,7 +63,7 @@ def train_cmd(
     console.print(f"[bold green]done[/] {summary['run_dir']}  val top-1 {pct(summary['val_top1'])} "
                   f"(best {pct(summary['best_val_top1'])}), {summary['epochs']} epochs, "
                   f"{summary['train_images_per_sec']} img/s, {summary['wall_time_s']:.0f} s")
-    console.print(next_step_hint(summary))
+    console.print(next_step_hint(summary), markup=False, highlight=False, emoji=False)  # paths may hold [..]
 
 
 @app.command("eval")

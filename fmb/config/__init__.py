@@ -34,7 +34,7 @@ GROUPS = ("data",)  # `data=NAME` on the command line swaps the whole section
 SECTIONS = {"model": "model.variant=efficientnetv2_m", "aug": "aug.mixup_alpha=0.2", "optim": "optim.lr=0.01",
             "sched": "sched.name=cosine", "progressive": "progressive.enabled=true", "ema": "ema.enabled=true",
             "trainer": "trainer.max_epochs=10", "run": "run.seed=1"}
-MOVED = {("aug", "hflip"): "data", ("aug", "crop_scale_min"): "data"}  # keys of release 0.1's configs
+MOVED = {("aug", "hflip"): "data", ("aug", "crop_scale_min"): "data"}  # where older run configs kept these keys
 
 
 def find_preset(name: str | Path) -> Path:
@@ -90,7 +90,7 @@ def read_yaml(path: str | Path) -> DictConfig:
 
 
 def _migrate(data: dict) -> dict:
-    """Move keys that changed section since release 0.1, so its run directories still resume."""
+    """Move keys that older run configs kept in another section, so those run directories still resume."""
     for (section, key), target in MOVED.items():
         old = data.get(section)
         if isinstance(old, dict) and key in old:

@@ -83,8 +83,8 @@ def decode_image(value) -> PILImage.Image | torch.Tensor:
     a PIL image, or a path. Raises on unreadable data; the caller decides what that means.
 
     A whole JPEG is decoded by `torchvision.io.decode_jpeg` to a uint8 [3, H, W] tensor
-    (1.5–1.9x the images/s per core of PIL through the train transform at 224–300 px, README:
-    Benchmarks); anything else, or a JPEG libjpeg refuses, by PIL as an RGB PIL image. The
+    (1.5–1.9x the images/s per core of PIL through the train transform at 224–300 px,
+    docs/benchmarks.md); anything else, or a JPEG libjpeg refuses, by PIL as an RGB PIL image. The
     transforms take either."""
     data = None if isinstance(value, PILImage.Image) else _complete_jpeg(value)
     if data is not None:

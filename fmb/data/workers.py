@@ -1,9 +1,9 @@
 """How many DataLoader worker processes `data.num_workers=auto` starts.
 
-On CUDA the loader is the bound (README, Benchmarks: one H200 training V2-S wants 20–43 cores of
+On CUDA the loader is the bound (docs/benchmarks.md: one H200 training V2-S wants 20–43 cores of
 JPEG decoding), so each GPU's workers get that GPU's share of the cores, less one for its
 training process. On CPU the workers compete with the training threads for the same cores,
-so two (what this project measured its CPU runs with) and never more than the cores.
+so two (the setting fmb's CPU figures were measured with) and never more than the cores.
 """
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
     An existing file at the destination is kept unless `overwrite`; every argument is checked
     before the checkpoint is read."""
     from fmb.inference.predict import load_classifier
+    from fmb.models import cpu_fast_paths
     from fmb.training.memory import check_fits, model_activation_bytes
 
     if format not in FORMATS:
@@ -56,7 +57,9 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
     path = Path(output).expanduser() if output else Path(checkpoint).with_suffix(FORMATS[format])
     _check_destination(path, overwrite)
     classifier = load_classifier(checkpoint, ema=ema)
-    original = net = classifier.model.model.eval()  # the EfficientNet itself, without the Lightning wrapper
+    # The EfficientNet itself, without the Lightning wrapper; ordinary convs, so the exported
+    # graph has no CPU-only small-map branches.
+    original = net = cpu_fast_paths(classifier.model.model.eval(), enabled=False)
     if fold_bn:
         from fmb.models import fuse_bn
         net = fuse_bn(net).eval()

@@ -8,7 +8,7 @@ stays light)::
 
 `ImageClassifier(config, num_classes, class_names)` is a plain LightningModule and
 `ImageDataModule(config.data, config.aug)` a plain LightningDataModule: both run in any
-`lightning.Trainer` (see README, "Python use").
+`lightning.Trainer` (see docs/python-api.md).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _upgrade(hp: dict) -> dict:
-    """Hyperparameters of a release-0.1 checkpoint (model_kwargs, optim, data, run_config) in
+    """Hyperparameters of a checkpoint in the older layout (model_kwargs, optim, data, run_config) in
     today's shape (the whole config), so its runs still evaluate."""
     if "config" in hp or "run_config" not in hp:
         return hp

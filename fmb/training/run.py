@@ -126,4 +126,4 @@ def load_run_config(resume: str | Path, overrides=()) -> TrainConfig:
 
 
 # How a model is run, not what it holds: free to differ between attempts of one run.
-_AUTO_MODEL_KEYS = {("model", "channels_last"), ("model", "compile")}
+_AUTO_MODEL_KEYS = {("model", "channels_last"), ("model", "compile"), ("model", "cuda_graphs")}
