@@ -72,6 +72,16 @@ def fixed_profile(monkeypatch):
         return {"params": 1000 + fused, "macs": 10_000 + 100 * fused, "flops": 20_000 + 200 * fused,
                 "infer_images_per_sec": 500.0 + fused, "train_images_per_sec": 100.0 + fused}
     monkeypatch.setattr("fmb.profiling.profile_model", profile_model)
+    one_by_one(monkeypatch)
+
+
+def one_by_one(monkeypatch):
+    """A study's placements profiled one at a time through fmb.profiling.profile_model (which a
+    test replaces), instead of measured together: for tests of the sweep, not the measurement."""
+    from fmb.ablation.runner import profile_safely
+
+    monkeypatch.setattr("fmb.ablation.local.profile_placements",
+                        lambda study, placements: {p: profile_safely(study, p) for p in placements})
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from fmb.ablation.runner import trial_command
 from fmb.ablation.stats import paired_difference, t_quantile
 from fmb.ablation.study import load_study
 from fmb.config import load_config, to_dict
+from conftest import one_by_one
 from test_ablate import _lines, _preset
 
 # two-sided 95 % critical values of Student's t (any statistics table)
@@ -69,6 +70,7 @@ def test_report_names_hardware_validation_and_differences_and_writes_hparams(tmp
     monkeypatch.setenv("FAKE_JITTER", "0.004")
     monkeypatch.setattr("fmb.profiling.profile_model", lambda spec, **kw: {
         "params": 1, "macs": 2, "flops": 4, "infer_images_per_sec": 9.0, "train_images_per_sec": 3.0})
+    one_by_one(monkeypatch)
     preset, out = _preset(tmp_path, fused_overrides={"se_ratio": 0.0}), tmp_path / "study"
     result = run_ablation([preset], ["data.split_seed=7"], placements="MMMMMM,FFFMMM", seeds="0,1", out=out)
     study = load_study([preset], ["data.split_seed=7"], placements="MMMMMM,FFFMMM", seeds="0,1")

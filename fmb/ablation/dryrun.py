@@ -35,7 +35,8 @@ def plan_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=
     config and command, an estimated cost from a quick profile — without running or writing anything."""
     from omegaconf import OmegaConf
 
-    from fmb.ablation.runner import profile_placement, trial_command
+    from fmb.ablation.profiles import profile_placements
+    from fmb.ablation.runner import trial_command
 
     files, overrides, study, out, store, title = prepare_study(files, overrides, placements, sweep, seeds, profile_only,
                                                           out, resume, fail_fast, force)
@@ -66,12 +67,10 @@ def plan_ablation(files=(), overrides=(), *, placements=None, sweep=None, seeds=
         quick = {**prof, "warmup": min(1, prof["warmup"]), "iters": min(2, prof["iters"])}
         probe = sorted({study.placements[0], study.placements[-1]})
         speeds = {}
-        for p in probe:
-            try:
-                speeds[p] = profile_placement(_with_profile(study, quick), p).get("train_images_per_sec")
-            except Exception as exc:
-                speeds[p] = None
-                plan.setdefault("notes", []).append(f"profile of {p} failed: {type(exc).__name__}")
+        for p, (result, error) in profile_placements(_with_profile(study, quick), probe).items():
+            speeds[p] = None if error else result.get("train_images_per_sec")
+            if error:
+                plan.setdefault("notes", []).append(f"profile of {p} failed: {error}")
         plan["quick_profile"] = {"train_images_per_sec": speeds, "settings": quick}
         if not study.profile_only:
             images, source = _train_images(study.resolved)

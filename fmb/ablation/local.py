@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from fmb.ablation.devices import describe_hardware, plan_slots
 from fmb.ablation.hparams import write_trial_hparams
+from fmb.ablation.profiles import profile_placements
 from fmb.ablation.runner import PROFILE_KEYS, finish_trial, make_record, profile_safely, start_trial
 from fmb.ablation.store import StudyDir
 from fmb.ablation.study import Study
@@ -63,6 +64,11 @@ def run_local(study: Study, store: StudyDir, records: dict, out: Path, console: 
     n, finished = len(study.trials), len(study.trials) - len(pending)
     if finished:
         console.print(f"{out}: {finished} of {n} trials already finished, running {len(pending)}")
+    missing = list(dict.fromkeys(t.placement for t in pending if t.placement not in profiles))
+    if missing:  # measured together, each with its own warm-up, so no profile depends on its place in the list
+        console.print(f"profiling {len(missing)} placement(s) together", highlight=False)
+        started = time.time()
+        profiles.update({p: result + (started,) for p, result in profile_placements(study, missing).items()})
     fail_fast = study.ablate["fail_fast"]
     with Progress(*COLUMNS, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("trials", total=n, completed=finished)
