@@ -112,8 +112,9 @@ def ablate_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value (ablate.* too)."),
     config: Optional[list[Path]] = typer.Option(
         None, "--config", "-c", help="YAML preset(s), e.g. configs/ablate/digits_quick.yaml."),
-    placements: Optional[str] = typer.Option(None, "--placements", help="Comma-separated, e.g. MMMMMM,FFFMMM; or pareto:K, K placements from "
-                                                   "the front `fmb profile --search` finds."),
+    placements: Optional[str] = typer.Option(
+        None, "--placements", help="Comma-separated, e.g. MMMMMM,FFFMMM; or pareto:K, K placements from the front "
+                                   "`fmb profile --search` finds."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="prefix | single | exhaustive."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated integers, e.g. 0,1,2."),
     profile_only: Optional[bool] = typer.Option(None, "--profile-only", help="Profile each placement; train nothing."),
