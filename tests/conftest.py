@@ -136,3 +136,16 @@ def tiny_checkpoint(finished_run):
     """(last.ckpt, run dir, image folder) of the shared finished run, for the predict, export and
     eval tests that only read it."""
     return finished_run.checkpoint, finished_run.run_dir, finished_run.images
+
+
+@pytest.fixture
+def caches(tmp_path, monkeypatch):
+    """An empty Hub cache (offline) and torch.hub cache, both in tmp_path."""
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hf" / "hub"
+    hub.mkdir(parents=True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return hub, tmp_path / "torch"

@@ -21,18 +21,6 @@ HUB = "hf-hub:timm/tf_efficientnetv2_b0.in1k"
 EXPORTED = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear", "crop_pct": 1.0}
 
 
-@pytest.fixture
-def caches(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    hub = tmp_path / "hf" / "hub"
-    hub.mkdir(parents=True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return hub, tmp_path / "torch"
-
-
 def _photo(seed=0, size=(300, 260)):
     g = torch.Generator().manual_seed(seed)
     return Image.fromarray(torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy())

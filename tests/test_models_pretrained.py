@@ -19,19 +19,6 @@ V2_HUB = "hf-hub:timm/tf_efficientnetv2_b0.in1k"
 V1_TV = "torchvision:EfficientNet_B0_Weights.IMAGENET1K_V1"
 
 
-@pytest.fixture
-def caches(tmp_path, monkeypatch):
-    """An empty Hub cache (offline) and torch.hub cache, both in tmp_path."""
-    import huggingface_hub.constants
-
-    hub = tmp_path / "hf" / "hub"
-    hub.mkdir(parents=True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return hub, tmp_path / "torch"
-
-
 def _max_diff(ours, theirs, size=64):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -6,19 +6,10 @@ import torchvision
 from safetensors.torch import save_file
 
 import fmb
+from pretrained_caches import randomise_bn_stats
 from fmb.errors import FmbError
 from fmb.models import get_variant
 from fmb.models.weights import detect_origin, load_into
-
-
-def _randomise_bn_stats(model):
-    # Fresh BN stats are 0/1, which would hide a wrong eps or a swapped mean/var.
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
-    return model.eval()
 
 
 def _tv(name):
@@ -60,7 +51,7 @@ def test_every_supported_variant_has_a_peer():
     [pytest.param(*p[1:], id=p[0], marks=[pytest.mark.slow] if p[0].endswith(BIG) else []) for p in PEERS])
 def test_every_peer_variant_gives_the_source_logits(make_source, name, padding, eps, momentum):
     torch.manual_seed(0)
-    source = _randomise_bn_stats(make_source())
+    source = randomise_bn_stats(make_source())
     state = source.state_dict()
     # Built on the meta device, the model takes the source's tensors: no init, no copy.
     with torch.device("meta"):
@@ -84,7 +75,7 @@ def test_create_model_alone_gives_the_source_logits_at_every_size(make_source, n
     """No context manager, no transform: `create_model` computes what timm and torchvision compute,
     at odd and small sizes (where the last maps are 3x3 down to 1x1) and at the variant's own size."""
     torch.manual_seed(0)
-    source = _randomise_bn_stats(make_source())
+    source = randomise_bn_stats(make_source())
     state = source.state_dict()
     model = fmb.create_model(name, padding=padding)
     load_into(model, state, detect_origin(state, get_variant(name).family, padding))
@@ -113,7 +104,7 @@ FILE_CASES = {
 def test_files_load_by_name_in_any_key_order(tmp_path, origin, suffix):
     make_source, name, padding, eps = FILE_CASES[origin]
     torch.manual_seed(0)
-    source = _randomise_bn_stats(make_source())
+    source = randomise_bn_stats(make_source())
     state = _sorted({k: v.contiguous() for k, v in source.state_dict().items()})
     path = tmp_path / f"weights{suffix}"
     if suffix == ".safetensors":
