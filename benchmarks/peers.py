@@ -79,11 +79,17 @@ def race(contenders: dict, rounds: int, warmup: int, iters: int) -> dict:
     return time_alternating(contenders, warmup=warmup, rounds=rounds, calls_per_round=iters)
 
 
-def auto_mode():
-    """(bf16, channels_last) that fmb's `auto` picks for training on this CPU."""
-    from fmb.training.auto import cpu_bf16_faster
-    bf16_faster, why = cpu_bf16_faster()
-    return bf16_faster, bf16_faster, why
+def auto_mode(fmb_name, resolution, batch_size):
+    """(bf16, channels_last, why) that fmb's `auto` picks for training this model on this CPU
+    (it measures the model's own step where the CPU has native bf16)."""
+    from fmb.device import machine
+    from fmb.training import auto
+    from fmb.training.precision_probe import measure_model_precision
+
+    decision = auto.precision("auto", "cpu", machine(),
+                              lambda: measure_model_precision({"name": fmb_name}, resolution, batch_size))
+    bf16_faster = decision.value == "bf16-mixed"
+    return bf16_faster, bf16_faster, decision.reason
 
 
 def bench_family(fmb_name, args, x, y):
@@ -97,7 +103,8 @@ def bench_family(fmb_name, args, x, y):
              "fmb fast fp32": infer_fn(fast, xcl)}
     if not args.no_bf16:
         infer["fmb fast bf16"] = infer_fn(fast, xcl, bf16)
-    use_bf16, use_cl, _ = auto_mode()
+    use_bf16, use_cl, why = auto_mode(fmb_name, args.resolution, args.batch_size)
+    print(f"{fmb_name}: auto trains {'bf16 channels_last' if use_bf16 else 'fp32 NCHW'} ({why})")
     auto_ctx = bf16 if use_bf16 else contextlib.nullcontext
     if args.compile:
         compiled = torch.compile(fast)
@@ -145,9 +152,6 @@ def main():
                    help="leave out the fixed bf16 contenders (slow where the CPU emulates bf16; 'auto' rows remain)")
     p.add_argument("--json", help="write all numbers here")
     args = p.parse_args()
-    use_bf16, use_cl, why = auto_mode()
-    print(f"auto here: train {'bf16' if use_bf16 else 'fp32'}{' channels_last' if use_cl else ''} ({why}); "
-          f"'fmb' rows in fp32 eager are then what `fmb train` runs")
     print(f"load before: {os.getloadavg()}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
