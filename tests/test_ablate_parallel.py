@@ -25,6 +25,7 @@ def fake_log(tmp_path, monkeypatch):
     return log
 
 
+@pytest.mark.slow
 def test_two_trials_at_once_overlap_and_report_equals_sequential(tmp_path, fake_log, fixed_profile, monkeypatch):
     monkeypatch.setenv("FAKE_SLEEP", "1.5")
     monkeypatch.setenv("FAKE_JITTER", "0.004")

@@ -107,6 +107,7 @@ def test_profile_only_report_has_no_training_budget(tmp_path):
     assert "| MMMMMM | none |" in report and "also params and GMACs" in report
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, run_cli):
     out = tmp_path / "study"
     res = run_cli("ablate", "-c", _preset(tmp_path), "--placements", "MMMMMM,FFFMMM", "--seeds", "0,1",

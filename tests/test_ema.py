@@ -63,6 +63,7 @@ def _distance(a: dict, b: dict) -> float:
     return sum((a[k].float() - b[k].float()).norm().item() for k in a if k.endswith("weight"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warmup", [True, False])
 def test_ema_tracks_the_raw_weights_early_only_with_warmup(tmp_path, warmup):
     torch.manual_seed(0)

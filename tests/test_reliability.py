@@ -179,6 +179,7 @@ def test_ctrl_c_before_the_first_checkpoint_is_not_a_dead_end(image_folder, tmp_
     assert list((run_dir / "failed-attempts").glob("*/config.yaml"))  # the dead attempt kept aside
 
 
+@pytest.mark.slow
 def test_sigterm_that_breaks_other_code_first_is_still_a_preemption(image_folder, tmp_path, run_cli, monkeypatch):
     """On the GPU, SIGTERM from a time limit landed inside torch.compile and surfaced as a
     TorchRuntimeError (and once as a killed DataLoader worker): still a preemption, with its
