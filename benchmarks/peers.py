@@ -167,7 +167,28 @@ def main():
     print(f"load after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+            json.dump({**run_record(), "args": vars(args), "results": results}, f, indent=2)
+
+
+def run_record() -> dict:
+    """Where and when the figures were taken: the date, the machine and the command."""
+    import sys
+    import time
+
+    from fmb.compat import cpu_native_bf16
+    from fmb.utils import cpu_cores, cpu_model
+
+    flags = set()
+    try:
+        flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split(":")[1].split()}
+    except OSError:
+        pass
+    return {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
+            "machine": {"cpu": cpu_model(), "cores": cpu_cores(), "native_bf16": cpu_native_bf16(),
+                        "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}),
+                        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                        "load_average": os.getloadavg()},
+            "versions": {"torch": torch.__version__, "timm": timm.__version__, "torchvision": torchvision.__version__}}
 
 
 if __name__ == "__main__":
