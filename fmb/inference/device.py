@@ -5,6 +5,7 @@ import contextlib
 
 import torch
 
+from fmb.device import accelerator_type, cuda_available, mps_available
 from fmb.errors import FmbError, choice_error
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -18,23 +19,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     if kind not in DEVICES:
         raise choice_error("--device", device, list(DEVICES))
     if kind == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return torch.device(accelerator_type("auto"))
     if ":" in name and kind != "cuda":  # torch takes 'cpu:0', Lightning then refuses it as a device list
         raise FmbError(f"--device {device}: only CUDA devices take an index; expected --device {kind}")
     if kind == "cuda":
         index_text = name.split(":", 1)[1] if ":" in name else "0"
         if not index_text.isdigit():
             raise FmbError(f"--device {device}: the GPU index must be a whole number; expected e.g. --device cuda:0")
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise FmbError(f"--device {device}: no CUDA GPU is visible to torch; expected --device cpu or auto")
         index = int(index_text)
         if index >= torch.cuda.device_count():
             raise FmbError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); "
                            f"expected cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if kind == "mps" and not mps_available():
         raise FmbError(f"--device {device}: MPS is not available; expected --device cpu or auto")
     return torch.device(name)
 
