@@ -42,6 +42,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, callbacks=()) -
         plan = auto.resolve(cfg, machine(), data, world_size=devices.world_size or 1, resumed=resume is not None,
                             measure_precision=lambda: _measure_precision(cfg, data))
         cfg = plan.apply(cfg)  # what runs; the caller's config stays as it was asked for
+        data.data = cfg.data  # its loaders take the decided settings (data.num_workers)
         rank_zero_print(plan.describe())
         check_fits(cfg, max(data.image_size, cfg.progressive.max_image_size or 0), cfg.data.batch_size, plan.device)
         trainer = build_trainer(cfg, plan, run, devices, machine(), callbacks)
