@@ -44,13 +44,16 @@ def mps_available() -> bool:
     return mps is not None and mps.is_available()
 
 
-def accelerator_type(name="auto") -> str:
-    """cuda | mps | cpu (or another Lightning accelerator name as given) for `auto`, `gpu` or a name."""
+def accelerator_type(name="auto", machine: Machine | None = None) -> str:
+    """cuda | mps | cpu (or another Lightning accelerator name as given) for `auto`, `gpu` or a name;
+    `machine`'s facts where given (auto decides from them), else this process's torch."""
     name = str(name).lower()
+    cuda = machine.cuda if machine is not None else cuda_available()
+    mps = machine.mps if machine is not None else mps_available()
     if name == "auto":
-        return "cuda" if cuda_available() else "mps" if mps_available() else "cpu"
+        return "cuda" if cuda else "mps" if mps else "cpu"
     if name == "gpu":
-        return "mps" if mps_available() and not cuda_available() else "cuda"
+        return "mps" if mps and not cuda else "cuda"
     return name
 
 

@@ -73,12 +73,6 @@ def accelerator(requested, machine: Machine) -> Decision:
     return Decision("cpu", "no GPU found")
 
 
-def device_type(accel, machine: Machine | None = None) -> str:
-    if machine is not None and str(accel).lower() in ("auto", "gpu"):
-        return "cuda" if machine.cuda else "mps" if machine.mps else "cpu"
-    return accelerator_type(accel)
-
-
 def precision(requested, device: str, machine: Machine, measure: Callable[[], dict] | None = None) -> Decision:
     """`measure()` → {"fp32_ms": .., "bf16_ms": ..} of this model's training step (CPU with native bf16 only)."""
     if _explicit(requested):
@@ -258,7 +252,7 @@ def resolve(cfg, machine: Machine, data=None, *, world_size: int = 1,
     trainer = cfg.trainer
     train_images = data.split_sizes()["train"] if data is not None else None
     accel = accelerator(trainer.get("accelerator", AUTO), machine)
-    device = device_type(accel.value, machine)
+    device = accelerator_type(accel.value, machine)
     prec = precision(trainer.get("precision", AUTO), device, machine, measure_precision)
     accumulate = int(trainer.get("accumulate_grad_batches", 1) or 1)
     steps = planned_steps(train_images, cfg.data.batch_size * world_size * accumulate, accumulate, trainer)
@@ -285,7 +279,7 @@ def model_settings(cfg, machine: Machine) -> tuple[bool, bool, bool]:
     m = cfg.model
     if AUTO not in (m.channels_last, m.compile, m.cuda_graphs):
         return bool(m.channels_last), bool(m.compile), bool(m.cuda_graphs)
-    device = device_type(accelerator(cfg.trainer.get("accelerator", AUTO), machine).value, machine)
+    device = accelerator_type(accelerator(cfg.trainer.get("accelerator", AUTO), machine).value, machine)
     progressive = bool(cfg.progressive.enabled)
     prec = precision(cfg.trainer.get("precision", AUTO), device, machine).value
     return (channels_last(m.channels_last, device, str(prec)).value, compile_(m.compile, device, progressive, None).value,
