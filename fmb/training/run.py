@@ -39,13 +39,14 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, callbacks=()) -
         L.seed_everything(cfg.run.seed, workers=True, verbose=False)
         devices = plan_devices(cfg.trainer, cfg.model.sync_bn)  # devices this machine lacks: one line
         data = build_data(cfg, devices.world_size or 1)
-        plan = auto.resolve(cfg, machine(), data, world_size=devices.world_size or 1, resumed=resume is not None,
+        here = machine()  # probed once: the plan and the Trainer's callbacks read the same facts
+        plan = auto.resolve(cfg, here, data, world_size=devices.world_size or 1, resumed=resume is not None,
                             measure_precision=lambda: _measure_precision(cfg, data))
         cfg = plan.apply(cfg)  # what runs; the caller's config stays as it was asked for
         data.data = cfg.data  # its loaders take the decided settings (data.num_workers)
         rank_zero_print(plan.describe())
         check_fits(cfg, max(data.image_size, cfg.progressive.max_image_size or 0), cfg.data.batch_size, plan.device)
-        trainer = build_trainer(cfg, plan, run, devices, machine(), callbacks)
+        trainer = build_trainer(cfg, plan, run, devices, here, callbacks)
         module = build_module(cfg, data, run.ckpt)
         run.start(cfg)
         global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
