@@ -155,7 +155,7 @@ def test_profile_only_speed_ratios_do_not_depend_on_the_order(tmp_path):
     from fmb.ablation.profiles import profile_placements
     from fmb.ablation.study import load_study
 
-    study = load_study([str(_study_preset(tmp_path, warmup=2, iters=9))], [], placements="FFFFFF,MMMMMM")
+    study = load_study([str(_study_preset(tmp_path, warmup=3, iters=15))], [], placements="FFFFFF,MMMMMM")
     ratios = []
     for order in (["FFFFFF", "MMMMMM"], ["MMMMMM", "FFFFFF"]):  # the first of a fresh list pays no warm-up
         profiles = profile_placements(study, order)
