@@ -38,6 +38,21 @@ def ema_averaged_module(callback: EMAWeightAveraging):
     return None if average is None else average.module
 
 
+def redo_interrupted_validation(checkpoint: dict) -> None:
+    """Make a checkpoint saved while validation ran resume by running that validation again, whole.
+
+    Lightning's loop state (the private `loops` layout) counts the validation batches already done;
+    resumed at an epoch's last training batch it skips validation altogether (its metrics were never
+    logged, so the epoch has no val row and ModelCheckpoint finds no monitor). Marking the first
+    validation batch as started but none processed is Lightning's "restarted mid-evaluation" state,
+    from which it validates from the first batch (the metric states are fresh after a resume).
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    progress["total"].update(ready=1, started=1, processed=0, completed=0)
+    progress["current"].update(ready=0, started=0, processed=0, completed=0)
+    progress["is_last_batch"] = False
+
+
 class _AppendingWriter(ExperimentWriter):
     """Lightning's writer deletes an existing metrics.csv (in the private `_check_log_dir_exists`);
     a resumed run must keep its history, so this one reads the existing header instead."""

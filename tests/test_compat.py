@@ -34,3 +34,22 @@ def test_csv_logger_appends_to_an_existing_metrics_file(tmp_path):
     again.save()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",") == ["loss", "step"] and len(rows) == 3  # header once, both rows kept
+
+
+def test_a_checkpoint_marked_to_validate_again_restarts_lightnings_validation_from_its_first_batch():
+    from lightning.pytorch import Trainer
+
+    saved = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    val_progress = saved.fit_loop.epoch_loop.val_loop.batch_progress
+    val_progress.increment_by(1)  # one of the epoch's validation batches done when SIGTERM came
+    checkpoint = {"loops": {"fit_loop": saved.fit_loop.state_dict()}}
+    compat.redo_interrupted_validation(checkpoint)
+
+    resumed = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    resumed.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])
+    val_loop = resumed.fit_loop.epoch_loop.val_loop
+    val_loop.restarting = True  # as the restored fit begins
+    val_loop.update_restart_stage()
+    assert val_loop.restarted_mid_evaluation  # the training loop goes back to validate, not on
+    val_loop.batch_progress.reset_on_restart()
+    assert val_loop.batch_progress.current.ready == 0  # ...from the first batch

@@ -18,26 +18,44 @@ import os
 import signal
 import threading
 
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fmb.compat import redo_interrupted_validation
 from fmb.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, FmbError, unwrap_worker_error
+from fmb.training.random_state import ExactResume
 from fmb.training.run_files import restart_command
 from fmb.training.summary import slurm_job
 
 
 class Preemption(Callback):
     """Saves the current state as last.ckpt when SIGTERM stops the fit, so the run (or SLURM's
-    requeued job) resumes from the step it reached."""
+    requeued job) resumes from the step it reached. A SIGTERM during an epoch's validation (Lightning
+    stops after the validation batch in flight) resumes with that validation run again from its first
+    batch, on the same weights."""
 
     def __init__(self, run_dir):
         self.path = run_dir / "checkpoints" / "last.ckpt"
         self.saved = False
+        self._cut_validation = False
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if (isinstance(exception, SIGTERMException) or trainer.received_sigterm) and trainer.state.fn == "fit":
+            self._cut_validation = trainer.validating and not trainer.sanity_checking
+            if self._cut_validation:
+                for callback in trainer.callbacks:
+                    if isinstance(callback, WeightAveraging):
+                        # EMA validates on the averaged weights swapped into the model; its epoch-end
+                        # hook swaps them back, so the checkpoint holds each set where it belongs.
+                        callback.on_validation_epoch_end(trainer, pl_module)
+                    elif isinstance(callback, ExactResume):
+                        callback.rewind_to_last_step()
             trainer.save_checkpoint(self.path)
             self.saved = True
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self._cut_validation:
+            redo_interrupted_validation(checkpoint)
 
 
 class Outcome:

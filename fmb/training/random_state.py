@@ -49,18 +49,42 @@ class ExactResume(Callback):
     def __init__(self):
         self._pending = False
         self._mid_epoch = False
+        self._after_step: dict | None = None
+        self._rewound = False
+        self._again: dict | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # The stream as the training step left it: a validation that follows draws its loader's seed from it.
+        self._after_step = capture()
+
+    def rewind_to_last_step(self) -> None:
+        """The next checkpoint resumes by running the interrupted validation again, which draws
+        from the stream again: it gets the state the last training step left, as the
+        uninterrupted run had when that validation began."""
+        self._rewound = self._after_step is not None
 
     def state_dict(self) -> dict:
+        if self._rewound:
+            return {"random": self._after_step, "validation_again": True}
         return {"random": capture()}  # taken when the checkpoint is written
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("random") is not None:
             restore(state_dict["random"])
             self._pending = True  # say what could not be restored when the epoch starts
+        # Resuming to validate again, Lightning first opens the finished epoch's train loader (a
+        # seed, a shuffle and a prefetched batch's crops drawn for nothing): the stream is put back
+        # once more as training starts (after that loader, before the validation).
+        self._again = state_dict["random"] if state_dict.get("validation_again") else None
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
         self._mid_epoch = progress.get("is_last_batch") is False and progress.get("current", {}).get("ready", 0) > 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._again is not None:
+            restore(self._again)
+            self._again = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if not self._pending:
