@@ -3,6 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# One test process per core (pytest-xdist); each runs torch on one thread (tests/conftest.py).
+WORKERS ?= auto
 
 .PHONY: train test test-fast clean
 
@@ -15,14 +17,16 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/fmb train
 
-# The full suite, every tier (what CI runs).
+# The full suite, every tier (what CI runs): the tests side by side, then the speed
+# comparisons (marked `alone`) with the machine to themselves.
 test: $(STAMP)
 	$(VENV)/bin/ruff check fmb tests benchmarks cli.py
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m "not alone" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m alone $(PYTEST_ARGS)
 
 # The inner loop: no slow end-to-end runs, no fresh interpreters, no multi-process training.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not subprocess and not ddp" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m "not slow and not subprocess and not ddp and not alone" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

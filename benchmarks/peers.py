@@ -16,6 +16,8 @@ is faster) for:
                                     precision and format
   infer fast auto                   fuse_bn + channels_last, bf16 where auto picks it, compiled with
                                     --compile
+  auto vs the faster mode           (without --no-bf16) auto's training pick and the fast path in the
+                                    same precision against the faster of fmb fp32 and fmb bf16
 The load average is printed before and after: other jobs on a shared machine slow every figure.
 
     .venv/bin/python benchmarks/peers.py --resolution 128 --batch-size 16 --threads 2
@@ -121,12 +123,27 @@ def bench_family(fmb_name, args, x, y):
         train["fmb auto"] = train_fn(fmb_model(fmb_name).to(memory_format=fmt), xa, y, auto_ctx)
         train["timm auto"] = train_fn(timm.create_model(timm_name).to(memory_format=fmt), xa, y, auto_ctx)
     res["train"] = race(train, args.rounds, args.warmup, args.iters)
+    if not args.no_bf16:
+        res["auto_vs_faster_mode"] = auto_vs_faster_mode(res, use_bf16, why)
     return res
+
+
+def auto_vs_faster_mode(res, use_bf16, why) -> dict:
+    """auto's pick against the faster of fmb's two modes, each timed in the same race (> 1: auto
+    is faster; 1.0: auto picked the faster one)."""
+    train, infer = res["train"], res["infer"]
+    auto_train = train["fmb auto" if use_bf16 else "fmb"]["median_ms"]
+    auto_infer = infer["fmb fast bf16" if use_bf16 else "fmb fast fp32"]["median_ms"]
+    best_train = min(train["fmb"]["median_ms"], train["fmb bf16 channels_last"]["median_ms"])
+    best_infer = min(infer["fmb fast fp32"]["median_ms"], infer["fmb fast bf16"]["median_ms"])
+    return {"auto": "bf16-mixed channels_last" if use_bf16 else "32-true NCHW", "why": why,
+            "train": round(best_train / auto_train, 3), "infer": round(best_infer / auto_infer, 3)}
 
 
 def report(fmb_name, res):
     print(f"\n== {fmb_name}")
-    for kind, rows in res.items():
+    for kind in ("infer", "train"):
+        rows = res[kind]
         peer_best = min(rows["timm"]["median_ms"], rows["torchvision"]["median_ms"])
         for name, r in rows.items():
             line = f"  {kind:5s} {name:26s} {r['median_ms']:8.1f} ms  (min {r['min_ms']:.1f}, max {r['max_ms']:.1f})"
@@ -136,6 +153,10 @@ def report(fmb_name, res):
             if name == "fmb auto" and "timm auto" in rows:
                 line += f", x{rows['timm auto']['median_ms'] / r['median_ms']:.2f} vs timm in the same mode"
             print(line)
+    if "auto_vs_faster_mode" in res:
+        a = res["auto_vs_faster_mode"]
+        print(f"  auto ({a['auto']}) vs the faster of fmb fp32 and bf16: train x{a['train']:.2f}, "
+              f"fast infer x{a['infer']:.2f}")
 
 
 def main():

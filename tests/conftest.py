@@ -1,13 +1,19 @@
 import os
 
-import pytest
-import torch
-
 # Tests never touch the network: the hub is unreachable here and in CI.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test processes side by side (make test's -n): one thread each, inherited by the runs and
+    # subprocesses they start (auto keeps OMP_NUM_THREADS), or they oversubscribe the cores and
+    # every op waits on the other process's threads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS", 2)))))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -136,6 +142,18 @@ def tiny_checkpoint(finished_run):
     """(last.ckpt, run dir, image folder) of the shared finished run, for the predict, export and
     eval tests that only read it."""
     return finished_run.checkpoint, finished_run.run_dir, finished_run.images
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_checkpoint, tmp_path_factory):
+    """The shared run exported once per format with fmb export's defaults (ONNX, .pt2,
+    safetensors), for the tests that read an export: {format: (path, export_model's result)}.
+    The tests of export's own options write their files themselves."""
+    from fmb.inference.export import export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    return {fmt: (root / f"m.{fmt}", export_model(tiny_checkpoint[0], format=fmt, output=root / f"m.{fmt}"))
+            for fmt in ("onnx", "pt2", "safetensors")}
 
 
 @pytest.fixture

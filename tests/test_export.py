@@ -18,10 +18,13 @@ def network(tiny_checkpoint):
 
 @pytest.mark.parametrize("fmt,fold_bn", [("onnx", False), ("onnx", True), ("pt2", False), ("safetensors", True),
                                          ("torchscript", False)])
-def test_export_round_trip(tiny_checkpoint, network, tmp_path, fmt, fold_bn):
+def test_export_round_trip(tiny_checkpoint, network, exported, tmp_path, fmt, fold_bn):
     ckpt, _, _ = tiny_checkpoint
-    out = tmp_path / f"model.{fmt}"
-    result = export_model(ckpt, format=fmt, output=out, fold_bn=fold_bn)
+    if fmt in exported and not fold_bn:  # the defaults: the shared export
+        out, result = exported[fmt]
+    else:
+        out = tmp_path / f"model.{fmt}"
+        result = export_model(ckpt, format=fmt, output=out, fold_bn=fold_bn)
     assert out.is_file() and result["path"] == str(out) and result["bytes"] == out.stat().st_size
     # measured on this CPU: 0 (pt2, TorchScript, safetensors), ~2e-7 (ONNX Runtime, BN folding)
     assert result["max_abs_diff"] <= 1e-5, result
@@ -99,7 +102,7 @@ def _onnx_metadata(path):
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
-def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, tmp_path):
+def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, exported):
     """Class names, sizes, crop, interpolation and mean/std travel inside the file, the same
     keys as the safetensors header."""
     from safetensors import safe_open
@@ -110,8 +113,8 @@ def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, tmp_path):
     cfg = restore_module(load_checkpoint(ckpt)).cfg
     metas = {}
     for fmt in ("onnx", "pt2", "safetensors"):
-        out = tmp_path / f"m.{fmt}"
-        metas[fmt] = export_model(ckpt, format=fmt, output=out)["metadata"]
+        out, result = exported[fmt]
+        metas[fmt] = result["metadata"]
         if fmt == "safetensors":
             with safe_open(str(out), "pt") as f:
                 assert f.metadata() == metas[fmt]
@@ -123,7 +126,7 @@ def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, tmp_path):
     assert meta["eval_image_size"] == "32" and meta["image_size"] == "32"
     assert float(meta["crop_ratio"]) == cfg.data.crop_ratio and meta["interpolation"] == cfg.data.interpolation
     assert json.loads(meta["mean"]) == list(cfg.data.mean) and json.loads(meta["std"]) == list(cfg.data.std)
-    assert _onnx_metadata(tmp_path / "m.onnx") == meta  # plain onnx sees it too (metadata_props)
+    assert _onnx_metadata(exported["onnx"][0]) == meta  # plain onnx sees it too (metadata_props)
 
 
 def test_existing_output_is_kept_without_overwrite(run_cli, tiny_checkpoint, tmp_path):
@@ -134,14 +137,19 @@ def test_existing_output_is_kept_without_overwrite(run_cli, tiny_checkpoint, tmp
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "--output " + str(keep) + " already exists; expected --overwrite" in " ".join(refused.stderr.split())
     assert keep.read_bytes() == b"my earlier export" and sorted(tmp_path.iterdir()) == [keep]
-    replaced = run_cli("export", ckpt, "-o", keep, "--overwrite")
+    # (one export for two points: --overwrite replaces the file, and --opset is the one written)
+    replaced = run_cli("export", ckpt, "-o", keep, "--overwrite", "--opset", "21")
     assert replaced.returncode == 0, replaced.stderr
     assert keep.read_bytes() != b"my earlier export" and _onnx_metadata(keep)["format"] == "fmb"
+    assert _onnx_opsets(keep)[""] == 21
 
 
-def test_opset_is_checked_up_front_and_written_as_asked(run_cli, tiny_checkpoint, tmp_path):
+def _onnx_opsets(path):
     import onnx
+    return {o.domain: o.version for o in onnx.load(str(path)).opset_import}
 
+
+def test_opset_is_checked_up_front(run_cli, tiny_checkpoint, tmp_path):
     ckpt, _, _ = tiny_checkpoint
     for bad in ("3", "17", "999"):
         out = run_cli("export", ckpt, "-o", tmp_path / "m.onnx", "--opset", bad)
@@ -150,9 +158,7 @@ def test_opset_is_checked_up_front_and_written_as_asked(run_cli, tiny_checkpoint
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FmbError, match="--opset applies to ONNX"):
         export_model(ckpt, format="pt2", output=tmp_path / "m.pt2", opset=18)
-    export_model(ckpt, format="onnx", output=tmp_path / "m.onnx", opset=21)
-    versions = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}
-    assert versions[""] == 21
+    # an --opset written as asked: test_existing_output_is_kept_without_overwrite
 
 
 def test_output_name_and_size_refused_before_work(tiny_checkpoint, tmp_path):

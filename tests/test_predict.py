@@ -114,29 +114,26 @@ def _probs(result):
     return {p["input"]: {t["label"]: t["prob"] for t in p["top"]} for p in result.predictions}
 
 
-def test_predict_from_exported_files_uses_their_metadata(tiny_checkpoint, tmp_path):
+def test_predict_from_exported_files_uses_their_metadata(tiny_checkpoint, exported, tmp_path):
     """An .onnx (through onnxruntime) and a .pt2 predict what the checkpoint predicts, with
     the class names and preprocessing their metadata carries: change the metadata's mean/std
     and crop, and the predictions follow that preprocessing, not a default."""
     import onnx
 
     from fmb.data.transforms import build_eval_transform, decode_image
-    from fmb.inference.export import export_model
     from fmb.training.evaluate import load_checkpoint, restore_module
 
     ckpt, _, images = tiny_checkpoint
     files = [images / "cat" / "0.png", images / "dog" / "1.png", images / "owl" / "2.png"]
     expected = _probs(predict(ckpt, files, device="cpu"))
     for fmt in ("onnx", "pt2"):
-        out = tmp_path / f"m.{fmt}"
-        export_model(ckpt, format=fmt, output=out)
-        got = predict(out, files, device="cpu")
+        got = predict(exported[fmt][0], files, device="cpu")
         assert got.weights == "ema" and got.top_k == 3
         for name, probs in _probs(got).items():
             assert probs.keys() == expected[name].keys()  # the checkpoint's class names
             for label, p in probs.items():
                 assert p == pytest.approx(expected[name][label], abs=1e-5)
-    model = onnx.load(str(tmp_path / "m.onnx"))
+    model = onnx.load(str(exported["onnx"][0]))
     changed = {"mean": "[0.5, 0.5, 0.5]", "std": "[0.5, 0.5, 0.5]", "crop_ratio": "0.5", "interpolation": "bilinear"}
     for prop in model.metadata_props:
         prop.value = changed.get(prop.key, prop.value)
@@ -152,9 +149,9 @@ def test_predict_from_exported_files_uses_their_metadata(tiny_checkpoint, tmp_pa
             assert p == pytest.approx(float(row[names.index(label)]), abs=1e-5)
     assert any(abs(got[str(f)]["cat"] - expected[str(f)]["cat"]) > 1e-4 for f in files)  # it did change
     with pytest.raises(FmbError, match="--resolution 64: .* was exported for 32 px"):
-        predict(tmp_path / "m.onnx", files, device="cpu", resolution=64)
+        predict(exported["onnx"][0], files, device="cpu", resolution=64)
     with pytest.raises(FmbError, match="--precision bf16: an ONNX export runs in the precision it was written in"):
-        predict(tmp_path / "m.onnx", files, device="cpu", precision="bf16")
+        predict(exported["onnx"][0], files, device="cpu", precision="bf16")
     (tmp_path / "plain.onnx").write_bytes(b"nope")
     with pytest.raises(FmbError, match="is not a readable ONNX file"):
         predict(tmp_path / "plain.onnx", files, device="cpu")

@@ -151,6 +151,7 @@ def test_dry_run_with_pareto_lists_that_many_placements(tmp_path):
     assert all(len(t) == 6 and set(t) <= set("MF") for t in plan["trials"])
 
 
+@pytest.mark.alone
 def test_profile_only_speed_ratios_do_not_depend_on_the_order(tmp_path):
     from fmb.ablation.profiles import profile_placements
     from fmb.ablation.study import load_study
