@@ -41,16 +41,10 @@ def checksums(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished one-epoch run (the 'existing run' every row must leave alone)."""
-    from fmb.config import load_config
-    from fmb.training.run import train
-
-    root = tmp_path_factory.mktemp("catalogue")
-    images = write_image_folder(root / "images")
-    train(load_config([], tiny_train_overrides(images, root / "run")))
-    return root / "run", images
+@pytest.fixture
+def finished(finished_run):
+    """The shared finished two-epoch run: the 'existing run' every row must leave alone."""
+    return finished_run.run_dir, finished_run.images
 
 
 def _mount(target: Path, options: str) -> bool:

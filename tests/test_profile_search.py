@@ -37,7 +37,7 @@ def _sum_rows(rows: dict, placement: str, key: str) -> int:
 
 
 @pytest.mark.parametrize("overrides_for, placements", [
-    (lambda p: None, all_placements(6)),
+    pytest.param(lambda p: None, all_placements(6), marks=pytest.mark.slow),  # all 64: seconds of FLOP counting
     # per block type, as a study's fused_overrides / mbconv_overrides, under a per-stage override
     (lambda p: trial_stage_overrides(p, {4: {"kernel_size": 5}}, {"se_ratio": 0.0}, {"expand_ratio": 3}),
      pareto.spread(all_placements(6), 8)),
