@@ -9,7 +9,6 @@ from fmb.errors import FmbError
 from fmb.inference.export import export_model
 from fmb.training.evaluate import load_checkpoint, restore_module
 
-
 @pytest.fixture(scope="module")
 def network(tiny_checkpoint):
     ckpt, _, _ = tiny_checkpoint
