@@ -13,7 +13,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS", 2)))))
+_omp = os.environ.get("OMP_NUM_THREADS", "")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1, int(_omp) if _omp.isdigit() else 2)))
 
 
 def pytest_collection_modifyitems(config, items):
