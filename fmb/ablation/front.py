@@ -8,14 +8,11 @@ from fmb.ablation.plan import trial_stage_overrides
 
 def front_placements(variant: str, k: int, *, model: dict, ablate: dict, image_size) -> list[str]:
     """`model` is the study's resolved `model:` section, `ablate` its `ablate:` settings."""
-    import torch
-
+    from fmb.profiling.profile import profile_device
     from fmb.profiling.search import front_placements as search_front
 
     prof = ablate["profile"]
-    device = prof["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = profile_device(prof["device"])
     base = dict(model.get("stage_overrides") or {})
 
     def overrides_for(placement: str):

@@ -11,16 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from fmb.ablation.runner import PROFILE_KEYS, profile_safely
+from fmb.ablation.runner import PROFILE_KEYS, profile_safely, profile_settings
 from fmb.ablation.study import Study
-
-
-def _profile_settings(study: Study) -> tuple[str, int]:
-    device = study.ablate["profile"]["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolution = study.ablate["profile"]["resolution"] or (study.resolved.get("data") or {}).get("image_size") or 224
-    return device, int(resolution)
 
 
 def profile_placements(study: Study, placements: list[str]) -> dict:
@@ -31,7 +23,7 @@ def profile_placements(study: Study, placements: list[str]) -> dict:
     from fmb.profiling.search import measure_placements
 
     prof = study.ablate["profile"]
-    device, resolution = _profile_settings(study)
+    device, resolution = profile_settings(study)
     model_kwargs = {"name": study.variant, "width_mult": study.width_mult, "depth_mult": study.depth_mult,
                     "num_classes": prof["num_classes"]}
     try:

@@ -102,20 +102,26 @@ def _describe_exit(rc: int, timed_out: bool, timeout_s) -> str:
     return f"exit code {rc}"
 
 
+def profile_settings(study: Study) -> tuple[str, int]:
+    """(device, resolution) the study's placements are profiled at: ablate.profile's, with `auto`
+    and an unset resolution resolved (the training image size, else 224)."""
+    from fmb.profiling.profile import profile_device
+
+    prof = study.ablate["profile"]
+    resolution = prof["resolution"] or (study.resolved.get("data") or {}).get("image_size") or 224
+    return profile_device(prof["device"]), int(resolution)
+
+
 def profile_placement(study: Study, placement: str) -> dict:
     """Params, FLOPs and throughput of one placement through fmb's profile code."""
     from fmb.profiling import profile_model  # looked up per call: tests may stand in for it
 
     prof = study.ablate["profile"]
-    device = prof["device"]
-    if device == "auto":
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolution = prof["resolution"] or (study.resolved.get("data") or {}).get("image_size") or 224
+    device, resolution = profile_settings(study)
     spec = {"name": study.variant, "blocks": placement, "stage_overrides": study.stage_overrides(placement) or None,
             "width_mult": study.width_mult, "depth_mult": study.depth_mult, "num_classes": prof["num_classes"]}
     try:
-        result = profile_model(spec, resolution=int(resolution), batch_size=int(prof["batch_size"]), device=device,
+        result = profile_model(spec, resolution=resolution, batch_size=int(prof["batch_size"]), device=device,
                                precision=prof["precision"], mode="both", warmup=int(prof["warmup"]),
                                iters=int(prof["iters"]), per_stage=False)
     finally:

@@ -54,6 +54,14 @@ def _check_int(what: str, value, low: int, note: str = "") -> None:
         raise FmbError(f"invalid {what} {value!r}: expected an integer >= {low}{f' ({note})' if note else ''}")
 
 
+def profile_device(name: str) -> str:
+    """The device a profile of `name` runs on: `auto` is the GPU when there is one, else the CPU
+    (the profiler times CPU and CUDA only, so not MPS as training's auto would)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def check_inputs(model_kwargs: dict, *, resolution, batch_size, device, precision, mode, warmup, iters) -> None:
     """Raise a one-line FmbError for any input that cannot be profiled, before any work."""
     if mode not in MODES:
