@@ -9,6 +9,7 @@ from fmb.errors import FmbError
 from fmb.inference.export import export_model
 from fmb.training.evaluate import load_checkpoint, restore_module
 
+
 @pytest.fixture(scope="module")
 def network(tiny_checkpoint):
     ckpt, _, _ = tiny_checkpoint
@@ -128,7 +129,7 @@ def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, exported):
     assert _onnx_metadata(exported["onnx"][0]) == meta  # plain onnx sees it too (metadata_props)
 
 
-def test_existing_output_is_kept_without_overwrite(run_cli, tiny_checkpoint, tmp_path):
+def test_existing_output_is_kept_without_overwrite_and_replaced_at_the_asked_opset(run_cli, tiny_checkpoint, tmp_path):
     ckpt, _, _ = tiny_checkpoint
     keep = tmp_path / "keep.onnx"
     keep.write_bytes(b"my earlier export")
@@ -157,7 +158,7 @@ def test_opset_is_checked_up_front(run_cli, tiny_checkpoint, tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FmbError, match="--opset applies to ONNX"):
         export_model(ckpt, format="pt2", output=tmp_path / "m.pt2", opset=18)
-    # an --opset written as asked: test_existing_output_is_kept_without_overwrite
+    # an --opset written as asked: test_existing_output_is_kept_without_overwrite_and_replaced_at_the_asked_opset
 
 
 def test_output_name_and_size_refused_before_work(tiny_checkpoint, tmp_path):
