@@ -22,9 +22,7 @@ import time
 import timm
 import torch
 import torchvision
-from peers import FAMILIES, infer_fn, train_fn
-
-from fmb.profiling.measure import time_alternating
+from peers import FAMILIES, infer_fn, race, train_fn
 
 from fmb.models import create_model, fuse_bn
 
@@ -58,7 +56,7 @@ def train_race(fmb_name, x, y, args) -> dict:
             compile_s[name] = round(time.perf_counter() - start, 1)
             print(f"  compiled {name}'s training step in {compile_s[name]} s", flush=True)  # a cut run keeps this
             contenders[f"{name} bf16 cl compiled"] = fn
-    rows = time_alternating(contenders, warmup=args.warmup, rounds=args.rounds, calls_per_round=args.iters)
+    rows = race(contenders, args)
     return {"rows": rows, "compile_s": compile_s}
 
 
@@ -75,7 +73,7 @@ def infer_race(fmb_name, x, args) -> dict:
         # slower than BN's own channels_last kernel (benchmarks/gpu_diag.py, H200).
         "fmb bf16 cl BN kept": infer_fn(on_gpu(create_model(fmb_name), True).eval(), xcl, bf16),
     }
-    return time_alternating(contenders, warmup=args.warmup, rounds=args.rounds, calls_per_round=args.iters)
+    return race(contenders, args)
 
 
 def show(title: str, rows: dict, batch: int) -> None:

@@ -10,10 +10,10 @@ is faster) for:
   fast infer                        fmb fuse_bn + channels_last (+ bf16 autocast, + torch.compile
                                     with --compile) vs timm eager fp32
   train bf16 autocast + channels_last   fmb vs timm eager fp32
-  train auto                        fmb with the settings `fmb train` picks here (fmb/training/auto.py:
-                                    bf16 + channels_last only where the CPU has native bf16 and it
-                                    measures faster) vs timm eager fp32 and vs timm in the same
-                                    precision and format
+  train auto                        the mode `fmb train` picks here (fmb/training/auto.py: bf16 +
+                                    channels_last only where the CPU has native bf16 and this model's
+                                    step measures faster, else the fp32 row); where it is bf16, timm
+                                    is timed in that mode too
   infer fast auto                   fuse_bn + channels_last, bf16 where auto picks it, compiled with
                                     --compile
   auto vs the faster mode           (without --no-bf16) auto's training pick and the fast path in the
@@ -76,22 +76,21 @@ def train_fn(model, x, y, ctx=contextlib.nullcontext):
     return run
 
 
-def race(contenders: dict, rounds: int, warmup: int, iters: int) -> dict:
+def race(contenders: dict, args) -> dict:
     """{name: {median_ms, min_ms, max_ms, ...}}: fmb's alternating timer, the one `fmb profile` uses."""
-    return time_alternating(contenders, warmup=warmup, rounds=rounds, calls_per_round=iters)
+    return time_alternating(contenders, warmup=args.warmup, rounds=args.rounds, calls_per_round=args.iters)
 
 
 def auto_mode(fmb_name, resolution, batch_size):
-    """(bf16, channels_last, why) that fmb's `auto` picks for training this model on this CPU
-    (it measures the model's own step where the CPU has native bf16)."""
+    """(bf16, why): whether fmb's `auto` trains this model in bf16 (with channels_last, which it
+    turns on with bf16) on this CPU; it measures the model's own step where the CPU has native bf16."""
     from fmb.device import machine
     from fmb.training import auto
     from fmb.training.precision_probe import measure_model_precision
 
     decision = auto.precision("auto", "cpu", machine(),
                               lambda: measure_model_precision({"name": fmb_name}, resolution, batch_size))
-    bf16_faster = decision.value == "bf16-mixed"
-    return bf16_faster, bf16_faster, decision.reason
+    return decision.value == "bf16-mixed", decision.reason
 
 
 def bench_family(fmb_name, args, x, y):
@@ -105,24 +104,22 @@ def bench_family(fmb_name, args, x, y):
              "fmb fast fp32": infer_fn(fast, xcl)}
     if not args.no_bf16:
         infer["fmb fast bf16"] = infer_fn(fast, xcl, bf16)
-    use_bf16, use_cl, why = auto_mode(fmb_name, args.resolution, args.batch_size)
+    use_bf16, why = auto_mode(fmb_name, args.resolution, args.batch_size)
     print(f"{fmb_name}: auto trains {'bf16 channels_last' if use_bf16 else 'fp32 NCHW'} ({why})")
     auto_ctx = bf16 if use_bf16 else contextlib.nullcontext
     if args.compile:
         compiled = torch.compile(fast)
         infer["fmb fast auto compiled"] = infer_fn(compiled, xcl, auto_ctx)
         infer["fmb fast auto compiled"]()  # compile outside the race
-    res = {"infer": race(infer, args.rounds, args.warmup, args.iters)}
+    res = {"infer": race(infer, args)}
     fmb_cl = fmb_model(fmb_name).to(memory_format=torch.channels_last)
     train = {"fmb": train_fn(fmb, x, y), **{k: train_fn(m, x, y) for k, m in peers.items()}}
-    if not args.no_bf16:
+    if not args.no_bf16 or use_bf16:  # where auto picks bf16 this row is auto's own mode
         train["fmb bf16 channels_last"] = train_fn(fmb_cl, xcl, y, bf16)
-    if use_bf16 or use_cl:  # auto differs from eager fp32 here: time it, and timm the same way
-        fmt = torch.channels_last if use_cl else torch.contiguous_format
-        xa = x.contiguous(memory_format=fmt)
-        train["fmb auto"] = train_fn(fmb_model(fmb_name).to(memory_format=fmt), xa, y, auto_ctx)
-        train["timm auto"] = train_fn(timm.create_model(timm_name).to(memory_format=fmt), xa, y, auto_ctx)
-    res["train"] = race(train, args.rounds, args.warmup, args.iters)
+    if use_bf16:
+        timm_cl = timm.create_model(timm_name).to(memory_format=torch.channels_last)
+        train["timm bf16 channels_last"] = train_fn(timm_cl, xcl, y, bf16)
+    res["train"] = race(train, args)
     if not args.no_bf16:
         res["auto_vs_faster_mode"] = auto_vs_faster_mode(res, use_bf16, why)
     return res
@@ -132,7 +129,7 @@ def auto_vs_faster_mode(res, use_bf16, why) -> dict:
     """auto's pick against the faster of fmb's two modes, each timed in the same race (> 1: auto
     is faster; 1.0: auto picked the faster one)."""
     train, infer = res["train"], res["infer"]
-    auto_train = train["fmb auto" if use_bf16 else "fmb"]["median_ms"]
+    auto_train = train["fmb bf16 channels_last" if use_bf16 else "fmb"]["median_ms"]
     auto_infer = infer["fmb fast bf16" if use_bf16 else "fmb fast fp32"]["median_ms"]
     best_train = min(train["fmb"]["median_ms"], train["fmb bf16 channels_last"]["median_ms"])
     best_infer = min(infer["fmb fast fp32"]["median_ms"], infer["fmb fast bf16"]["median_ms"])
@@ -150,8 +147,8 @@ def report(fmb_name, res):
             if name.startswith("fmb"):
                 line += (f"   x{rows['timm']['median_ms'] / r['median_ms']:.2f} vs timm eager fp32,"
                          f" x{peer_best / r['median_ms']:.2f} vs faster peer")
-            if name == "fmb auto" and "timm auto" in rows:
-                line += f", x{rows['timm auto']['median_ms'] / r['median_ms']:.2f} vs timm in the same mode"
+            if name == "fmb bf16 channels_last" and "timm bf16 channels_last" in rows:
+                line += f", x{rows['timm bf16 channels_last']['median_ms'] / r['median_ms']:.2f} vs timm in the same mode"
             print(line)
     if "auto_vs_faster_mode" in res:
         a = res["auto_vs_faster_mode"]
