@@ -193,7 +193,7 @@ def run_record() -> dict:
     import sys
     import time
 
-    from fmb.compat import cpu_native_bf16
+    from fmb.compat.torch_cpu import cpu_native_bf16
     from fmb.utils import cpu_cores, cpu_model
 
     flags = set()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fmb import compat
+from fmb.compat.torch_cpu import cpu_native_bf16
 from fmb.errors import FmbError
 from fmb.utils import atomic_write_text, cpu_cores, cpu_model, others_busy_cores
 
@@ -83,7 +83,7 @@ def machine() -> Machine:
     cuda = cuda_available()
     return Machine(cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
                    cuda_count=torch.cuda.device_count() if cuda else 0, mps=mps_available(),
-                   cpu_native_bf16=compat.cpu_native_bf16(), cores=cpu_cores(), cpu=cpu_model())
+                   cpu_native_bf16=cpu_native_bf16(), cores=cpu_cores(), cpu=cpu_model())
 
 
 # ---- measuring a training step both ways, cached per machine ------------------------------------

@@ -86,3 +86,26 @@ def test_executor_options_come_from_the_config(tmp_path):
         study.ablate["slurm"]["cluster"] = "slurm"
         with pytest.raises(FmbError, match="no SLURM"):
             make_executor(study, tmp_path / "study")
+
+
+@pytest.mark.subprocess
+def test_a_trial_jobs_own_work_imports_neither_lightning_nor_datasets(tmp_path):
+    """A SLURM trial job unpickles its study, checks the machine, profiles its placement and records
+    it before it starts `fmb train`: none of that needs Lightning or `datasets`, which would cost
+    seconds of every job's start."""
+    import pickle
+    import subprocess
+    import sys
+
+    from fmb.ablation.slurm import TrialJob
+
+    study = load_study([_preset(tmp_path)], SLURM, placements="FFFMMM", profile_only=True)
+    (tmp_path / "study").mkdir()
+    job = tmp_path / "job.pkl"
+    job.write_bytes(pickle.dumps(TrialJob(study, str(tmp_path / "study"), study.trials[0])))
+    code = (f"import pickle, sys\nprint(pickle.loads(open({str(job)!r}, 'rb').read())())\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'datasets'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[-3:] == ["completed", "[]", ""]
+    assert [r["status"] for r in _lines(tmp_path / "study" / "results.jsonl")] == ["completed"]

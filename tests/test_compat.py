@@ -1,14 +1,15 @@
-"""Each private Lightning/torch surface in fmb/compat.py still exists and still does what fmb needs."""
+"""Each private Lightning/torch surface in fmb/compat/ still exists and still does what fmb needs."""
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
-from fmb import compat
+from fmb.compat import lightning as compat
+from fmb.compat import torch_cpu
 
 
 def test_torch_cpu_bf16_probes_exist_and_answer_a_bool():
-    for probe in compat._BF16_PROBES:
+    for probe in torch_cpu._BF16_PROBES:
         assert callable(getattr(torch.cpu, probe)), probe
-    assert isinstance(compat.cpu_native_bf16(), bool)
+    assert isinstance(torch_cpu.cpu_native_bf16(), bool)
 
 
 def test_ema_callback_takes_a_multi_avg_fn_in_place_of_its_fixed_decay():

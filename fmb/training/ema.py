@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
-from fmb.compat import ema_averaged_module, ema_use_multi_avg_fn
+from fmb.compat.lightning import ema_averaged_module, ema_use_multi_avg_fn
 
 
 def warmup_decay(decay: float, n):

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from fmb.compat import ResumableCSVLogger
+from fmb.compat.lightning import ResumableCSVLogger
 from fmb.errors import FmbError
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")

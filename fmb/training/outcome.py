@@ -21,7 +21,7 @@ import threading
 from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fmb.compat import redo_interrupted_validation
+from fmb.compat.lightning import redo_interrupted_validation
 from fmb.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, FmbError, unwrap_worker_error
 from fmb.training.random_state import ExactResume
 from fmb.training.run_files import restart_command

@@ -1,27 +1,13 @@
-"""Every private surface of Lightning and torch that fmb relies on, in one place.
-
-Each is used because the public API lacks the hook; each has a test (tests/test_compat.py)
-that fails on a Lightning or torch release that moves it, and pyproject.toml bounds
-Lightning's version above the last one tested.
-"""
+"""Lightning's private surfaces that fmb relies on (see fmb/compat/__init__.py)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-
-# torch.cpu reports native bf16 only through private probes (torch 2.x).
-_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-
-
-def cpu_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 arithmetic in hardware rather than emulated through fp32."""
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in _BF16_PROBES)
 
 
 def ema_use_multi_avg_fn(callback: EMAWeightAveraging, multi_avg_fn) -> None:
