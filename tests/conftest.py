@@ -111,6 +111,27 @@ def run_cli(capsys):
     return run
 
 
+def built_once(tmp_path_factory, name, build):
+    """`build(folder)` for the whole test session, however many pytest-xdist workers ask: the first
+    builds it under a file lock in the session's own temp folder, the others wait and read what it
+    returned (kept as JSON). The folder is then shared, so tests only read it (or copy it)."""
+    import json
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # above each worker's folder: one per session
+    folder, returned = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not returned.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # left by a build that failed
+            folder.mkdir()
+            returned.write_text(json.dumps(build(folder)))
+    return folder, json.loads(returned.read_text())
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """One tiny two-epoch EMA run on a 3-class folder, trained once for the whole test session and
@@ -119,15 +140,18 @@ def finished_run(tmp_path_factory):
     (`copy_run`); tests that check a command leaves a run alone may point it at this one."""
     from types import SimpleNamespace
 
-    from fmb.config import load_config
-    from fmb.training.run import train
+    def build(root):
+        from fmb.config import load_config
+        from fmb.training.run import train
 
-    root = tmp_path_factory.mktemp("finished_run")
-    images, run_dir = write_image_folder(root / "images"), root / "run"
-    summary = train(load_config([], tiny_train_overrides(images, run_dir, **{"trainer.max_epochs": 2})))
+        images = write_image_folder(root / "images")
+        return train(load_config([], tiny_train_overrides(images, root / "run", **{"trainer.max_epochs": 2})))
+
+    root, summary = built_once(tmp_path_factory, "finished_run", build)
     assert summary["status"] == "completed" and summary["epochs"] == 2
+    run_dir = root / "run"
     return SimpleNamespace(summary=summary, run_dir=run_dir, checkpoint=run_dir / "checkpoints" / "last.ckpt",
-                           images=images)
+                           images=root / "images")
 
 
 def copy_run(run_dir, dest):
@@ -150,11 +174,14 @@ def exported(tiny_checkpoint, tmp_path_factory):
     """The shared run exported once per format with fmb export's defaults (ONNX, .pt2,
     safetensors), for the tests that read an export: {format: (path, export_model's result)}.
     The tests of export's own options write their files themselves."""
-    from fmb.inference.export import export_model
+    def build(root):
+        from fmb.inference.export import export_model
 
-    root = tmp_path_factory.mktemp("exported")
-    return {fmt: (root / f"m.{fmt}", export_model(tiny_checkpoint[0], format=fmt, output=root / f"m.{fmt}"))
-            for fmt in ("onnx", "pt2", "safetensors")}
+        return {fmt: export_model(tiny_checkpoint[0], format=fmt, output=root / f"m.{fmt}")
+                for fmt in ("onnx", "pt2", "safetensors")}
+
+    root, results = built_once(tmp_path_factory, "exported", build)
+    return {fmt: (root / f"m.{fmt}", result) for fmt, result in results.items()}
 
 
 @pytest.fixture

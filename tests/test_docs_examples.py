@@ -6,7 +6,7 @@ The convention the pages follow:
   `run_cli` fixture), in one temporary directory (relative output paths land there, and a later
   command may read what an earlier one wrote); each must exit 0. `$RUN` stands for the
   directory of a finished run (`make train` prints one); here it is a copy, per block, of a
-  tiny digits run made once per module. Commands that train get tiny overrides appended
+  tiny digits run made once per test session. Commands that train get tiny overrides appended
   (width/depth 0.25, 32 px, one epoch of two batches), profiles a tiny model and one timed
   iteration, ablations one profile iteration.
 - a ```python block is executed; the blocks of one page share one namespace, in page order.
@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from conftest import built_once
 
 pytestmark = pytest.mark.slow
 
@@ -81,16 +83,18 @@ def test_pages_have_runnable_examples():
                                        f"show other commands in a ```console block: {' '.join(words)}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """A finished tiny run of the front door (digits, EMA on), made small."""
-    from fmb.config import load_config
-    from fmb.training.run import train
+    """A finished tiny run of the front door (digits, EMA on), made small, once per test session."""
+    def build(root):
+        from fmb.config import load_config
+        from fmb.training.run import train
 
-    run_dir = tmp_path_factory.mktemp("docs_examples") / "digits-run"
-    summary = train(load_config(["digits_v2s"], [*TINY_MODEL, *TINY_FIT, *TINY_DATA, f"run.dir={run_dir}"]))
+        return train(load_config(["digits_v2s"], [*TINY_MODEL, *TINY_FIT, *TINY_DATA, f"run.dir={root / 'run'}"]))
+
+    root, summary = built_once(tmp_path_factory, "docs_digits_run", build)
     assert summary["status"] == "completed"
-    return run_dir
+    return root / "run"
 
 
 def _tiny(words: list[str], run_dir: Path) -> list[str]:
