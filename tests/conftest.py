@@ -18,13 +18,46 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1, int(_omp) if _omp.isdig
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` are skipped on a machine without a CUDA GPU (`pytest -m gpu` selects them)."""
-    if torch.cuda.is_available():
-        return
-    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if item.get_closest_marker("gpu"):
-            item.add_marker(no_gpu)
+    """Tests marked `gpu` are skipped on a machine without a CUDA GPU (`pytest -m gpu` selects them).
+    Side by side (pytest-xdist), the long tests go first on every worker."""
+    if not torch.cuda.is_available():
+        no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(no_gpu)
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        items[:] = long_tests_first(items, workers)
+
+
+def long_tests_first(items, workers):
+    """The order for `--dist worksteal`, which hands worker k the k-th contiguous share of the list
+    and later moves tests from the end of a busy worker's share to an idle one: each share starts
+    with its part of the fresh-process tests, then the slow ones, then the quick ones, so the run
+    ends with quick tests that even out, not one worker still in a half-minute test. The order is
+    the same on every worker (xdist checks that)."""
+    def weight(item):
+        marks = {m.name for m in item.iter_markers()}
+        return 0 if marks & {"subprocess", "ddp"} else 1 if "slow" in marks else 2
+
+    shares = [[] for _ in range(workers)]
+    for rank in range(3):
+        for index, item in enumerate(i for i in items if weight(i) == rank):
+            shares[index % workers].append(item)
+    # worksteal's first handout: worker k gets len(pending) // (workers - k) of what is left
+    sizes, left = [], len(items)
+    for k in range(workers):
+        sizes.append(left // (workers - k))
+        left -= sizes[-1]
+    ordered, extra = [], []
+    for share, size in zip(shares, sizes):
+        extra += share[size:]  # a share over its size (the quick tests rarely split evenly)
+    for share, size in zip(shares, sizes):
+        take = share[:size]
+        while len(take) < size:
+            take.append(extra.pop())
+        ordered += take
+    return ordered
 
 
 @pytest.fixture

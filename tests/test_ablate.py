@@ -122,6 +122,7 @@ def test_profile_only_prefix_params_match_create_model(tmp_path):
     assert (tmp_path / "study" / "throughput_vs_params.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_training_sweep_writes_report_csv_plots(tmp_path, fake_log, fixed_profile):
     preset = _preset(tmp_path, fused_overrides={"se_ratio": 0.0})
     out, js = tmp_path / "study", tmp_path / "out.json"
@@ -147,6 +148,7 @@ def test_training_sweep_writes_report_csv_plots(tmp_path, fake_log, fixed_profil
     assert len(fake_log.read_text().split()) == 4 and len(_lines(out / "results.jsonl")) == 4
 
 
+@pytest.mark.slow
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, fake_log, fixed_profile, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "FFMMMM")
     preset = _preset(tmp_path)
@@ -209,6 +211,7 @@ def _snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_leaves_dir_alone(tmp_path, run_cli, fixed_profile):
     preset, out = _preset(tmp_path, fake=False), tmp_path / "study"
     run_ablation([preset], placements="MMMMMM", profile_only=True, out=out)

@@ -3,6 +3,7 @@ format, and a resumed study keeps them even where this machine would decide othe
 import json
 import sys
 
+import pytest
 import yaml
 
 from fmb.ablation import run_ablation
@@ -35,6 +36,7 @@ def _study(tmp_path, seeds):
     return preset
 
 
+@pytest.mark.slow
 def test_every_trial_gets_the_studys_auto_settings_and_a_resume_keeps_them(tmp_path, monkeypatch):
     log = tmp_path / "args.jsonl"
     monkeypatch.setenv("ARGS_LOG", str(log))

@@ -65,6 +65,7 @@ def test_labels_of_crowded_points_do_not_overlap():
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_report_names_hardware_validation_and_differences_and_writes_hparams(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "log"))
     monkeypatch.setenv("FAKE_JITTER", "0.004")

@@ -163,6 +163,7 @@ def test_stream_reshuffles_each_epoch(tmp_path):
     assert epochs[0] != epochs[1] and sorted(epochs[0]) != epochs[0] and epochs[2] == epochs[0]
 
 
+@pytest.mark.slow
 def test_stream_from_one_parquet_file_uses_one_worker(tmp_path):
     unique_label_set(24).to_parquet(str(tmp_path / "one.parquet"))
     dm = module(tmp_path / "one.parquet", tmp_path, streaming=True, num_workers=2)

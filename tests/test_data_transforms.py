@@ -148,6 +148,7 @@ def test_paper_preset_scales_to_minus_one_one_as_the_official_code():
     assert torch.allclose(build_eval_transform(8, normalize=True, **kwargs)(grey), torch.full((3, 8, 8), -0.5), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_paper_preset_train_crop_is_the_official_area_sampler_and_bilinear():
     from torchvision.transforms import InterpolationMode
 
@@ -166,6 +167,7 @@ def test_paper_preset_train_crop_is_the_official_area_sampler_and_bilinear():
     assert out.shape == (3, 300, 300) and out.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_paper_preset_evaluates_the_whole_image_at_384():
     # preprocess_for_eval: no crop from 320 px; fmb's default would crop 0.875 and lose the corners
     cfg, kwargs = _paper_preset()

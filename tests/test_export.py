@@ -16,12 +16,14 @@ def network(tiny_checkpoint):
     return restore_module(load_checkpoint(ckpt)).model.eval()
 
 
-@pytest.mark.parametrize("fmt,fold_bn", [("onnx", False), ("onnx", True), ("pt2", False), ("safetensors", True),
-                                         ("torchscript", False)])
-def test_export_round_trip(tiny_checkpoint, network, exported, tmp_path, fmt, fold_bn):
+@pytest.mark.parametrize("fmt,fold_bn", [pytest.param("onnx", False, marks=pytest.mark.slow),
+                                         pytest.param("onnx", True, marks=pytest.mark.slow),
+                                         pytest.param("pt2", False, marks=pytest.mark.slow),
+                                         ("safetensors", True), ("torchscript", False)])
+def test_export_round_trip(tiny_checkpoint, network, tmp_path, fmt, fold_bn, request):
     ckpt, _, _ = tiny_checkpoint
-    if fmt in exported and not fold_bn:  # the defaults: the shared export
-        out, result = exported[fmt]
+    if fmt in ("onnx", "pt2") and not fold_bn:  # the defaults: the shared export (asked for here, so
+        out, result = request.getfixturevalue("exported")[fmt]  # the quick cases never build it)
     else:
         out = tmp_path / f"model.{fmt}"
         result = export_model(ckpt, format=fmt, output=out, fold_bn=fold_bn)
@@ -74,6 +76,7 @@ def test_failed_check_leaves_nothing(tiny_checkpoint, tmp_path):
         export_model(ckpt, format="tflite", output=out)
 
 
+@pytest.mark.slow
 def test_export_cli(run_cli, tiny_checkpoint, tmp_path):
     ckpt, _, _ = tiny_checkpoint
     out, report = tmp_path / "m.pt2", tmp_path / "export.json"
@@ -102,6 +105,7 @@ def _onnx_metadata(path):
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
+@pytest.mark.slow
 def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, exported):
     """Class names, sizes, crop, interpolation and mean/std travel inside the file, the same
     keys as the safetensors header."""
@@ -129,6 +133,7 @@ def test_onnx_and_pt2_carry_labels_and_preprocessing(tiny_checkpoint, exported):
     assert _onnx_metadata(exported["onnx"][0]) == meta  # plain onnx sees it too (metadata_props)
 
 
+@pytest.mark.slow
 def test_existing_output_is_kept_without_overwrite_and_replaced_at_the_asked_opset(run_cli, tiny_checkpoint, tmp_path):
     ckpt, _, _ = tiny_checkpoint
     keep = tmp_path / "keep.onnx"

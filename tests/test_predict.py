@@ -34,6 +34,7 @@ def test_predict_folder_with_a_broken_image(run_cli, tiny_checkpoint, tmp_path):
     assert [r["input"] for r in rows] == [p["input"] for p in payload["predictions"]]
 
 
+@pytest.mark.slow
 def test_predict_uses_the_eval_preprocessing(tiny_checkpoint):
     """Accuracy of predict's top-1 over the folder (class = sub-folder) equals fmb eval's over
     the same 36 images, and with --no-ema too: same transform, same weights."""
@@ -49,6 +50,7 @@ def test_predict_uses_the_eval_preprocessing(tiny_checkpoint):
         assert result.weights == evaluated["weights"] == ("ema" if ema else "raw")
 
 
+@pytest.mark.slow
 def test_predict_files_and_a_saved_dataset(tiny_checkpoint, tmp_path):
     import datasets
 
@@ -114,6 +116,7 @@ def _probs(result):
     return {p["input"]: {t["label"]: t["prob"] for t in p["top"]} for p in result.predictions}
 
 
+@pytest.mark.slow
 def test_predict_from_exported_files_uses_their_metadata(tiny_checkpoint, exported, tmp_path):
     """An .onnx (through onnxruntime) and a .pt2 predict what the checkpoint predicts, with
     the class names and preprocessing their metadata carries: change the metadata's mean/std

@@ -78,6 +78,7 @@ def test_pareto_front_layers_and_spread_on_synthetic_points():
     assert [p["placement"] for p in picked] == ["a", "b", "e", "f", "c", "d"]  # the front first, then the next layer
 
 
+@pytest.mark.slow
 def test_search_outputs_through_the_command(run_cli, tmp_path):
     out, table, png = tmp_path / "search.json", tmp_path / "search.csv", tmp_path / "front.png"
     result = run_cli("profile", "--search", "-v", "efficientnetv2_b0", "--width-mult", "0.25", "--depth-mult", "0.25",
