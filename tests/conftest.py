@@ -60,6 +60,16 @@ def long_tests_first(items, workers):
     return ordered
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A run sets the process's torch threads (auto: every core where OMP_NUM_THREADS is unset);
+    the next test in this process starts from the count it had, or its float sums would differ."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny():
     """Keyword arguments for the tiny models every test uses (width/depth 0.25)."""
