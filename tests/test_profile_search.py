@@ -96,13 +96,16 @@ def test_search_outputs_through_the_command(run_cli, tmp_path):
         expected = pareto.front(points, cost, f"{speed}_images_per_sec")
         assert members == [p["placement"] for p in expected]
     checked = [r["placement"] for r in data["validated"]]
-    assert len(checked) == 3 and "FFFMMM" in checked and not set(checked) & set(anchors(6))
+    front = [r["placement"] for r in data["validated"] if r["why"] == "front"]
+    # two picks along the front, plus the paper's placement unless timing made it one of them
+    assert len(front) == 2 and len(checked) == len(set(front) | {"FFFMMM"}) and "FFFMMM" in checked
+    assert not set(checked) & set(anchors(6))
     for r in data["validated"]:
         assert r["error_train"] == pytest.approx(r["predicted_train_images_per_sec"]
                                                  / r["measured_train_images_per_sec"] - 1)
     assert data["median_abs_error"]["train"] >= 0 and data["timing_s"]["all_end_to_end"] > 0
     rows = list(csv.DictReader(io.StringIO(table.read_text())))
-    assert len(rows) == 64 and sum(r["measured_train_images_per_sec"] != "" for r in rows) == 3
+    assert len(rows) == 64 and sum(r["measured_train_images_per_sec"] != "" for r in rows) == len(checked)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
