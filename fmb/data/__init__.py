@@ -16,3 +16,7 @@ def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'fmb.data' has no attribute {name!r}")
     return getattr(import_module(f"fmb.data.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
