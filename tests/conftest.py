@@ -40,24 +40,11 @@ def long_tests_first(items, workers):
         marks = {m.name for m in item.iter_markers()}
         return 0 if marks & {"subprocess", "ddp"} else 1 if "slow" in marks else 2
 
-    shares = [[] for _ in range(workers)]
-    for rank in range(3):
-        for index, item in enumerate(i for i in items if weight(i) == rank):
-            shares[index % workers].append(item)
-    # worksteal's first handout: worker k gets len(pending) // (workers - k) of what is left
-    sizes, left = [], len(items)
-    for k in range(workers):
-        sizes.append(left // (workers - k))
-        left -= sizes[-1]
-    ordered, extra = [], []
-    for share, size in zip(shares, sizes):
-        extra += share[size:]  # a share over its size (the quick tests rarely split evenly)
-    for share, size in zip(shares, sizes):
-        take = share[:size]
-        while len(take) < size:
-            take.append(extra.pop())
-        ordered += take
-    return ordered
+    # worksteal's first handout gives worker k `len(pending) // (workers - k)` of what is left, so
+    # the last shares are the longer ones: dealing the ranked list from the last share backwards
+    # gives each share exactly that many tests
+    ranked = sorted(items, key=weight)  # stable: collection order within a weight
+    return [item for k in range(workers) for item in ranked[workers - 1 - k::workers]]
 
 
 @pytest.fixture(autouse=True)

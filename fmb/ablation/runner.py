@@ -103,13 +103,16 @@ def _describe_exit(rc: int, timed_out: bool, timeout_s) -> str:
 
 
 def profile_settings(study: Study) -> tuple[str, int]:
-    """(device, resolution) the study's placements are profiled at: ablate.profile's, with `auto`
-    and an unset resolution resolved (the training image size, else 224)."""
+    """(device, resolution) the study's placements are profiled at."""
+    return profile_at(study.ablate["profile"], (study.resolved.get("data") or {}).get("image_size"))
+
+
+def profile_at(prof: dict, image_size) -> tuple[str, int]:
+    """(device, resolution) of an `ablate.profile` section: `auto` and an unset resolution
+    resolved (the training image size, else 224)."""
     from fmb.profiling.profile import profile_device
 
-    prof = study.ablate["profile"]
-    resolution = prof["resolution"] or (study.resolved.get("data") or {}).get("image_size") or 224
-    return profile_device(prof["device"]), int(resolution)
+    return profile_device(prof["device"]), int(prof["resolution"] or image_size or 224)
 
 
 def profile_placement(study: Study, placement: str) -> dict:
