@@ -11,15 +11,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-_omp = os.environ.get("OMP_NUM_THREADS", "")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1, int(_omp) if _omp.isdigit() else 2)))
+
+def pytest_configure(config):
+    """Torch's thread count for a process that runs tests. pytest-xdist's controller runs none, and
+    it starts the workers only after this file is loaded: importing torch here (seconds) would
+    hold back every worker."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import torch
+
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1, int(omp) if omp.isdigit() else 2)))
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` are skipped on a machine without a CUDA GPU (`pytest -m gpu` selects them).
     Side by side (pytest-xdist), the long tests go first on every worker."""
+    import torch
+
     if not torch.cuda.is_available():
         no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
@@ -51,6 +61,8 @@ def long_tests_first(items, workers):
 def torch_threads_restored():
     """A run sets the process's torch threads (auto: every core where OMP_NUM_THREADS is unset);
     the next test in this process starts from the count it had, or its float sums would differ."""
+    import torch
+
     threads = torch.get_num_threads()
     yield
     if torch.get_num_threads() != threads:

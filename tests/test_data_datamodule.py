@@ -237,3 +237,25 @@ def test_data_presets_build(name):
     cfg = load_config([], [f"data={name}"])
     dm = ImageDataModule(cfg.data, cfg.aug, seed=0, variant_sizes=(300, 384))  # builds without the network
     assert dm.data.source == cfg.data.source
+
+
+def test_a_run_loads_its_source_once(image_folder, tmp_path, monkeypatch):
+    """fmb prepares the data before the Trainer exists and Lightning prepares it again in fit():
+    `datasets` lists the folder's files once, not on each of those calls and again in setup."""
+    import fmb.data.datamodule
+    import fmb.data.splits
+    from conftest import tiny_train_overrides
+    from fmb.data.sources import load_source
+    from fmb.training.run import train
+
+    loads = []
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return load_source(*args, **kwargs)
+    for home in (fmb.data.datamodule, fmb.data.splits):
+        monkeypatch.setattr(home, "load_source", counted)
+    summary = train(load_config([], tiny_train_overrides(image_folder, tmp_path / "run",
+                                                         **{"trainer.fast_dev_run": True})))
+    assert summary["status"] == "completed"
+    assert loads == [str(image_folder)]

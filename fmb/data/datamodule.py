@@ -56,6 +56,7 @@ class ImageDataModule(L.LightningDataModule):
         self.data, self.aug, self.seed, self.variant_sizes = data, aug, int(seed), variant_sizes
         self.skipped = SkipCounter()
         self.splits: Splits | None = None  # role → (dataset, split name, rows): fmb/data/splits.py
+        self._loaded: dict | None = None  # what prepare_data loaded, for setup to split
         self.image_size = self.eval_image_size = None  # resolved by setup()
         self.stage = TrainStage(None, aug.randaugment_magnitude, aug.mixup_alpha, aug.cutmix_alpha)
         self._train_loader: tuple | None = None  # (stage values, loader), reused while they hold
@@ -100,9 +101,12 @@ class ImageDataModule(L.LightningDataModule):
 
     # ---- loading --------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Download / cache once per node (hub sets, the digits cache, local Arrow caches)."""
-        if self.data.source != "synthetic":
-            load_source(self.data.source, self.data.name, cache_dir=self.data.cache_dir, streaming=self.data.streaming)
+        """Download / cache once per node (hub sets, the digits cache, local Arrow caches). Once per
+        process too: fmb prepares before the Trainer exists and Lightning prepares again in fit(),
+        and `datasets` resolves a local folder's files anew on each load."""
+        if self.data.source != "synthetic" and self.splits is None and self._loaded is None:
+            self._loaded = load_source(self.data.source, self.data.name, cache_dir=self.data.cache_dir,
+                                       streaming=self.data.streaming)
 
     def setup(self, stage: str | None = None) -> None:
         self._load()
@@ -113,7 +117,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _load(self) -> Columns:
         if self.splits is None:
-            self.splits = resolve_splits(self.data)
+            self.splits, self._loaded = resolve_splits(self.data, self._loaded), None
         return self.splits.columns
 
     def split_sizes(self) -> dict[str, int | None]:

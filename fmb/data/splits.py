@@ -53,11 +53,13 @@ class Splits:
                 for role, s in self.roles.items()}
 
 
-def resolve_splits(d: DataConfig) -> Splits:
-    """The roles of `d`'s source (synthetic data has none: its sets are generated)."""
+def resolve_splits(d: DataConfig, raw: dict | None = None) -> Splits:
+    """The roles of `d`'s source (synthetic data has none: its sets are generated); `raw` is
+    the source as `load_source` returned it, where the caller has loaded it already."""
     if d.source == "synthetic":
         return Splits(Columns("image", "label", [str(i) for i in range(d.synthetic_classes)]))
-    raw = load_source(d.source, d.name, cache_dir=d.cache_dir, streaming=d.streaming)
+    if raw is None:
+        raw = load_source(d.source, d.name, cache_dir=d.cache_dir, streaming=d.streaming)
     available = list(raw)
     if d.train_split not in raw:
         raise choice_error("data.train_split", d.train_split, available)
