@@ -8,7 +8,6 @@ import json
 import re
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import forked
 from fmb import create_model
 from fmb.ablation import run_ablation
 from fmb.ablation.plan import generate_placements, parse_placements, parse_seeds
@@ -93,9 +93,9 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines()]
 
 
-def _cli(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "fmb", "ablate", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def _cli(*args, env=None, new_session=False):
+    """`fmb ablate ARGS` in a process of its own (forked from one that imported fmb)."""
+    return forked.fmb(["ablate", *args], cwd=REPO, env=env, new_session=new_session)
 
 
 def test_plans():
@@ -181,7 +181,7 @@ def _alive(pid: int) -> bool:
 def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path, fake_log, run_cli):
     preset, out = _preset(tmp_path), tmp_path / "study"
     env = {**os.environ, "FAKE_SLOW": "FFMMMM"}
-    proc = _cli("-c", preset, "--placements", "MMMMMM,FFMMMM,FFFFFF", "--out", out, env=env, start_new_session=True)
+    proc = _cli("-c", preset, "--placements", "MMMMMM,FFMMMM,FFFFFF", "--out", out, env=env, new_session=True)
     started = out / "trials" / "FFMMMM-s0" / "started"
     deadline = time.time() + 90
     while not started.exists():

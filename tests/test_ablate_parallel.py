@@ -60,7 +60,7 @@ def test_sigkill_with_two_trials_in_flight_then_resume_runs_each_trial_once(tmp_
     preset, out = _preset(tmp_path), tmp_path / "study"
     env = {**os.environ, "FAKE_SLOW": "FFMMMM,FFFFFF"}
     proc = _cli("-c", preset, "--placements", "MMMMMM,FFMMMM,FFFFFF", "--out", out, "ablate.jobs=2",
-                env=env, start_new_session=True)
+                env=env, new_session=True)
     started = [out / "trials" / t / "started" for t in ("FFMMMM-s0", "FFFFFF-s0")]
     deadline = time.time() + 120
     while not all(p.exists() for p in started):
