@@ -101,3 +101,24 @@ def test_interpolation_of_a_key_set_elsewhere(tmp_path):
     other.write_text("run:\n  name: ${model.variant}-run\n")
     assert load_config([other], ["model.variant=efficientnetv2_b0"]).run.name == "efficientnetv2_b0-run"
     assert load_config([], ["run.name=${model.variant}"]).run.name == "efficientnetv2_s"
+
+
+def test_the_trainer_keys_checked_without_lightning_are_lightnings():
+    from fmb.config.trainer import KNOWN, trainer_arguments
+
+    assert KNOWN <= set(trainer_arguments())
+
+
+@pytest.mark.subprocess
+def test_a_config_loads_without_torch_or_lightning():
+    """`fmb ablate` plans and `--print-config` prints from the config alone: loading one (variant,
+    placement and trainer keys checked) imports neither torch nor Lightning."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom fmb.config import load_config\n"
+            "load_config([], ['model.blocks=FFMMMM', 'trainer.max_epochs=3', 'trainer.accelerator=cpu'])\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'lightning', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

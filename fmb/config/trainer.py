@@ -39,10 +39,23 @@ def _is_instance(value, types) -> bool:
     return isinstance(value, tuple(types)) or (list in types and isinstance(value, (list, tuple)))
 
 
-def check_trainer(trainer: dict) -> None:
+# Trainer arguments fmb's configs and docs use (the tests check each against lightning.Trainer):
+# a trainer section of only these is checked without importing Lightning, which `fmb ablate`'s
+# planning and `--print-config` would otherwise load for seconds just to read a signature.
+KNOWN = frozenset(TYPES) | {"accelerator", "strategy", "enable_progress_bar", "enable_model_summary",
+                            "enable_checkpointing", "gradient_clip_algorithm", "benchmark", "max_time",
+                            "use_distributed_sampler", "inference_mode"}
+
+
+def trainer_arguments() -> list[str]:
+    """lightning.Trainer's keyword arguments."""
     import lightning
 
-    valid = [p for p in inspect.signature(lightning.Trainer.__init__).parameters if p != "self"]
+    return [p for p in inspect.signature(lightning.Trainer.__init__).parameters if p != "self"]
+
+
+def check_trainer(trainer: dict) -> None:
+    valid = KNOWN if set(trainer) <= KNOWN else trainer_arguments()
     for key, value in trainer.items():
         if key in OWNED:
             raise FmbError(f"trainer.{key} is set by fmb, not the config ({OWNED[key]})")

@@ -7,7 +7,7 @@ import importlib
 
 _HOME = {
     "FusedMBConv": "blocks", "MBConv": "blocks", "EfficientNet": "efficientnet",
-    "EfficientNetFeatures": "efficientnet", "build_stages": "factory", "create_model": "factory",
+    "EfficientNetFeatures": "efficientnet", "build_stages": "specs", "create_model": "factory",
     "list_models": "factory", "folding_pays": "fuse", "fuse_bn": "fuse", "cpu_fast_paths": "small_maps",
     "plain_convs": "small_maps", "VARIANTS": "specs", "StageSpec": "specs", "VariantSpec": "specs",
     "get_variant": "specs",

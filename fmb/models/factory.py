@@ -6,9 +6,7 @@ import warnings
 from fmb.errors import FmbError, choice_error
 from fmb.models.efficientnet import EfficientNet, EfficientNetFeatures
 from fmb.models.layers import BN_MOMENTUM, DEFAULT_BN_EPS
-from fmb.models.specs import (
-    VARIANTS, apply_overrides, apply_placement, get_variant, round_channels, scale_stages,
-)
+from fmb.models.specs import VARIANTS, build_stages, round_channels
 
 PADDINGS = ("symmetric", "same")
 
@@ -23,12 +21,6 @@ def _check_rate(name: str, value) -> float:
     return float(value)
 
 
-def _check_mult(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 16:
-        raise FmbError(f"invalid {name}={value!r}: expected a positive number such as 0.25 or 1.0")
-    return float(value)
-
-
 def _padding_for(source, padding: str | None) -> str | None:
     """The weights' padding unless one is asked for; a contradiction is warned about, not overruled."""
     if padding is None or source.padding is None:
@@ -37,15 +29,6 @@ def _padding_for(source, padding: str | None) -> str | None:
         warnings.warn(f"padding='{padding}' kept, but {source.spec} was trained with padding='{source.padding}': "
                       "its logits will differ from the source's", stacklevel=3)
     return padding
-
-
-def build_stages(name: str, blocks=None, stage_overrides=None, width_mult=None, depth_mult=None):
-    """The variant's scaled stage specs after placement and overrides (no module built)."""
-    variant = get_variant(name)
-    width = variant.width_mult * (_check_mult("width_mult", width_mult) if width_mult is not None else 1.0)
-    depth = variant.depth_mult * (_check_mult("depth_mult", depth_mult) if depth_mult is not None else 1.0)
-    stages = apply_overrides(apply_placement(variant.stages, blocks), stage_overrides)
-    return variant, scale_stages(stages, width, depth, variant.family), width
 
 
 def create_model(

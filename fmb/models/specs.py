@@ -241,3 +241,18 @@ def scale_stages(stages, width: float, depth: float, family: str) -> tuple[Stage
                 repeats=round_repeats(s.repeats, depth))
         for s in stages
     )
+
+
+def _check_mult(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 16:
+        raise FmbError(f"invalid {name}={value!r}: expected a positive number such as 0.25 or 1.0")
+    return float(value)
+
+
+def build_stages(name: str, blocks=None, stage_overrides=None, width_mult=None, depth_mult=None):
+    """The variant's scaled stage specs after placement and overrides (no module built)."""
+    variant = get_variant(name)
+    width = variant.width_mult * (_check_mult("width_mult", width_mult) if width_mult is not None else 1.0)
+    depth = variant.depth_mult * (_check_mult("depth_mult", depth_mult) if depth_mult is not None else 1.0)
+    stages = apply_overrides(apply_placement(variant.stages, blocks), stage_overrides)
+    return variant, scale_stages(stages, width, depth, variant.family), width
