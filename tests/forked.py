@@ -19,6 +19,15 @@ from pathlib import Path
 
 PRELOAD = ["fmb.cli", "fmb.training.run", "lightning.pytorch", "datasets", "forked"]
 _context = None
+_started = []  # every Forked of this test process, for _kill_leftovers
+
+
+@atexit.register
+def _kill_leftovers():
+    """A test that failed before it ended its process would otherwise hold up the test process's
+    exit: multiprocessing waits for its children (runs before multiprocessing's own exit hook)."""
+    for process in _started:
+        process.kill()
 
 
 def _forkserver():
@@ -67,6 +76,7 @@ class Forked:
                                  str(self.stdout_path), str(self.stderr_path), new_session))
         self._process.start()
         self.pid = self._process.pid
+        _started.append(self)
 
     @property
     def returncode(self):
