@@ -19,6 +19,23 @@ def test_files_merge_in_order_then_overrides(tmp_path):
     assert cfg.data.source == "digits" and cfg.optim.name == "rmsprop"  # the schema's defaults
 
 
+def test_a_config_as_plain_data_is_omegaconfs_conversion_and_each_load_starts_from_the_defaults():
+    """to_dict (checkpoints, config.yaml, reports) gives what OmegaConf's own conversion gives: lists
+    where code set tuples, int stage keys. A load never sees what an earlier one set."""
+    from omegaconf import OmegaConf
+
+    from fmb.config import schema, to_dict
+
+    cfg = load_config(["digits_v2s"], ["model.stage_overrides.4.se_ratio=0.0", "trainer.devices=2"])
+    cfg.data.std = (0.2, 0.3, 0.4)  # as code may set it
+    plain = to_dict(cfg)
+    assert plain == OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert plain["data"]["std"] == [0.2, 0.3, 0.4] and plain["model"]["stage_overrides"] == {4: {"se_ratio": 0.0}}
+    schema().model.variant = "efficientnet_b7"
+    assert load_config([], []).model.variant == schema().model.variant == "efficientnetv2_s"
+    assert load_config([], []).trainer["devices"] == 1 and load_config([], []).model.stage_overrides == {}
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.varient=efficientnetv2_m"], "unknown config key 'model.varient'.*did you mean 'model.variant'"),
     (["data.batch_size=lots"], "wrong type for 'data.batch_size'"),

@@ -52,13 +52,11 @@ def context_lines(study: Study, records: list[dict]) -> list[str]:
 
 
 def _changed_from_defaults(cfg: dict, limit: int = 24) -> list[str]:
-    from omegaconf import OmegaConf
-
     from fmb.ablation.store import _flatten
     from fmb.config import to_dict
     from fmb.config.schema import TrainConfig
 
-    defaults = _flatten(to_dict(OmegaConf.structured(TrainConfig)))
+    defaults = _flatten(to_dict(TrainConfig()))
     skip = ("run.", "model.blocks", "trainer.enable_progress_bar", "trainer.enable_model_summary")
     ours = {k: v for k, v in _flatten(cfg).items() if not k.startswith(skip)}
     changed = [f"{k}={v}" for k, v in sorted(ours.items()) if defaults.get(k, object()) != v and v not in ({}, [])]
