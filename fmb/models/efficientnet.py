@@ -72,7 +72,8 @@ class EfficientNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+        if self.conv_stem.weight.device.type != "meta":  # meta tensors hold shapes only: nothing to draw
+            self._init_weights()
 
     @property
     def placement(self) -> str:
