@@ -27,11 +27,13 @@ def fake_log(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_trials_at_once_overlap_and_report_equals_sequential(tmp_path, fake_log, fixed_profile, monkeypatch):
-    monkeypatch.setenv("FAKE_SLEEP", "1.5")
     monkeypatch.setenv("FAKE_JITTER", "0.004")
     preset = _preset(tmp_path)
     args = dict(placements="MMMMMM,FFFMMM", seeds="0,1")
+    # long enough that trials run at once would overlap: for one at a time, a fraction of a second
+    monkeypatch.setenv("FAKE_SLEEP", "0.3")
     seq = run_ablation([preset], ["ablate.jobs=1"], out=tmp_path / "seq", **args)
+    monkeypatch.setenv("FAKE_SLEEP", "1.5")  # two at once must overlap even when a start is slow
     par = run_ablation([preset], ["ablate.jobs=2"], out=tmp_path / "par", **args)
     assert seq.exit_code == par.exit_code == 0
     recs = _lines(tmp_path / "par" / "results.jsonl")
